@@ -1,0 +1,1 @@
+"""sim: a Franka Panda simulation bench that speaks the robot's ROS 2 topics."""
