@@ -1,0 +1,167 @@
+"""A joint-trajectory controller for the sim, modelled on ros2_controllers' joint_trajectory_controller.
+
+A trajectory is the content of a trajectory_msgs/msg/JointTrajectory: joint names, and points with positions
+(optionally velocities) at `time_from_start`. The controller checks it whole before it touches anything; a bad one
+raises `TrajectoryRejected` with one message and the caller holds the arm. An accepted trajectory replaces the running
+one (ROS 2 Jazzy semantics) and starts from the current setpoint at the time it is received.
+
+Between points the controller interpolates linearly (positions only) or with cubic Hermite splines (positions and
+velocities), as joint_trajectory_controller does. Every physics step the setpoint moves towards the interpolated
+target by at most `max_velocity * dt` and stays inside the position limits, so a jumpy command is slowed down, never
+executed past the limits. After the last point it holds the last position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class TrajectoryRejected(ValueError):
+    """A trajectory that breaks a rule (names, timing, NaN, limits); it was not executed."""
+
+
+@dataclass(frozen=True)
+class JointTrajectory:
+    """Content of a JointTrajectory message, times relative to when the controller receives it."""
+
+    joint_names: tuple[str, ...]
+    time_from_start_ns: np.ndarray  # [T] int
+    positions: np.ndarray  # [T, J]
+    velocities: np.ndarray | None = None  # [T, J]
+
+
+class TrajectoryController:
+    """Executes JointTrajectory commands for a fixed set of joints; call `update` once per physics step.
+
+    Not thread-safe: the owner (the sim env) calls it from one thread.
+    """
+
+    def __init__(self, name: str, joint_names: tuple[str, ...], lower: np.ndarray, upper: np.ndarray,
+                 max_velocity: np.ndarray):
+        self.name = name
+        self.joint_names = tuple(joint_names)
+        self.lower = np.asarray(lower, dtype=np.float64)  # [J]
+        self.upper = np.asarray(upper, dtype=np.float64)  # [J]
+        self.max_velocity = np.asarray(max_velocity, dtype=np.float64)  # [J]
+        self.setpoint = np.zeros(len(self.joint_names))  # [J]
+        self.setpoint_velocity = np.zeros(len(self.joint_names))  # [J]
+        self._segment: _Spline | None = None
+        self._elapsed_s = 0.0
+
+    def reset(self, positions: np.ndarray) -> None:
+        """Hold `positions` [J] (clipped to the limits) with no trajectory running."""
+        self.setpoint = np.clip(np.asarray(positions, dtype=np.float64), self.lower, self.upper)
+        self.setpoint_velocity = np.zeros_like(self.setpoint)
+        self._segment = None
+
+    @property
+    def active(self) -> bool:
+        """True while a trajectory is being executed (before its last point's time)."""
+        return self._segment is not None and self._elapsed_s < self._segment.times[-1]
+
+    def hold(self) -> None:
+        """Drop the running trajectory and hold the current setpoint."""
+        self._segment = None
+        self.setpoint_velocity = np.zeros_like(self.setpoint)
+
+    def validate(self, traj: JointTrajectory) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Check `traj` and return (times_s [T], positions [T, J], velocities [T, J] or None) in this controller's
+        joint order; raise TrajectoryRejected naming the first broken rule."""
+        names = tuple(traj.joint_names)
+        unknown = [n for n in names if n not in self.joint_names]
+        if unknown:
+            raise TrajectoryRejected(f"{self.name}: unknown joint names {unknown}; this controller drives "
+                                     f"{list(self.joint_names)}")
+        if len(set(names)) != len(names) or len(names) != len(self.joint_names):
+            raise TrajectoryRejected(f"{self.name}: joint_names {list(names)} must name each of "
+                                     f"{list(self.joint_names)} exactly once")
+        order = [names.index(n) for n in self.joint_names]
+        times = np.atleast_1d(np.asarray(traj.time_from_start_ns))
+        positions = np.asarray(traj.positions, dtype=np.float64)
+        n_points = len(times)
+        if n_points == 0:
+            raise TrajectoryRejected(f"{self.name}: trajectory has no points")
+        if times.ndim != 1 or positions.shape != (n_points, len(names)):
+            raise TrajectoryRejected(f"{self.name}: positions have shape {positions.shape}, expected "
+                                     f"({n_points}, {len(names)}) for {n_points} points of {len(names)} joints")
+        if times[0] <= 0 or np.any(np.diff(times) <= 0):
+            raise TrajectoryRejected(f"{self.name}: time_from_start must be positive and strictly increasing, "
+                                     f"got {times.tolist()} ns")
+        velocities = None
+        if traj.velocities is not None and np.size(traj.velocities) > 0:
+            velocities = np.asarray(traj.velocities, dtype=np.float64)
+            if velocities.shape != positions.shape:
+                raise TrajectoryRejected(f"{self.name}: velocities have shape {velocities.shape}, expected "
+                                         f"{positions.shape} (one per position) or none")
+            velocities = velocities[:, order]
+        positions = positions[:, order]
+        for label, values in (("positions", positions), ("velocities", velocities)):
+            if values is not None and not np.all(np.isfinite(values)):
+                point, joint = np.argwhere(~np.isfinite(values))[0]
+                raise TrajectoryRejected(f"{self.name}: {label} of {self.joint_names[joint]} at point {point} is "
+                                         f"{values[point, joint]}; every value must be finite")
+        outside = (positions < self.lower) | (positions > self.upper)
+        if np.any(outside):
+            point, joint = np.argwhere(outside)[0]
+            raise TrajectoryRejected(
+                f"{self.name}: {self.joint_names[joint]} at point {point} is {positions[point, joint]:.4f}, outside "
+                f"its limits [{self.lower[joint]:.4f}, {self.upper[joint]:.4f}]")
+        if velocities is not None and np.any(np.abs(velocities) > self.max_velocity):
+            point, joint = np.argwhere(np.abs(velocities) > self.max_velocity)[0]
+            raise TrajectoryRejected(
+                f"{self.name}: velocity of {self.joint_names[joint]} at point {point} is "
+                f"{velocities[point, joint]:.4f}, beyond its limit {self.max_velocity[joint]:.4f}")
+        return times.astype(np.float64) * 1e-9, positions, velocities
+
+    def command(self, traj: JointTrajectory) -> None:
+        """Validate `traj` and start it now from the current setpoint; on rejection hold and re-raise."""
+        try:
+            times_s, positions, velocities = self.validate(traj)
+        except TrajectoryRejected:
+            self.hold()
+            raise
+        self.start(times_s, positions, velocities)
+
+    def start(self, times_s: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None) -> None:
+        """Start an already validated trajectory (see `validate`) now, replacing the running one."""
+        self._segment = _Spline(np.concatenate([[0.0], times_s]),
+                                np.vstack([self.setpoint, positions]),
+                                None if velocities is None else np.vstack([self.setpoint_velocity, velocities]))
+        self._elapsed_s = 0.0
+
+    def update(self, dt_s: float) -> np.ndarray:
+        """Advance by one physics step of `dt_s` seconds; return the new setpoint [J] (velocity in
+        `setpoint_velocity`)."""
+        if self._segment is None:
+            return self.setpoint
+        self._elapsed_s += dt_s
+        target = self._segment(self._elapsed_s)
+        max_step = self.max_velocity * dt_s
+        new = np.clip(self.setpoint + np.clip(target - self.setpoint, -max_step, max_step), self.lower, self.upper)
+        self.setpoint_velocity = (new - self.setpoint) / dt_s
+        self.setpoint = new
+        return self.setpoint
+
+
+class _Spline:
+    """Piecewise linear (no velocities) or cubic Hermite interpolation through knots; holds the last knot."""
+
+    def __init__(self, times: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None):
+        self.times = times  # [K] seconds, K = T + 1 (the start state is knot 0)
+        self.positions = positions  # [K, J]
+        self.velocities = velocities  # [K, J] or None
+
+    def __call__(self, t: float) -> np.ndarray:
+        if t >= self.times[-1]:
+            return self.positions[-1]
+        k = int(np.searchsorted(self.times, t, side="right")) - 1
+        h = self.times[k + 1] - self.times[k]
+        s = (t - self.times[k]) / h
+        p0, p1 = self.positions[k], self.positions[k + 1]
+        if self.velocities is None:
+            return p0 + s * (p1 - p0)
+        m0, m1 = self.velocities[k] * h, self.velocities[k + 1] * h
+        s2, s3 = s * s, s * s * s
+        return ((2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (-2 * s3 + 3 * s2) * p1
+                + (s3 - s2) * m1)
