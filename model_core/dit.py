@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from model_core.attention import apply_rope, attention, rope_frequencies, video_rope
 from model_core.config import DiTConfig
+from model_core.errors import InputError
 from model_core.kv_cache import KVCache
 
 NUM_CLIP_TOKENS = 257  # CLIP ViT-H/14 at 224px: 16x16 patches + class token
@@ -272,6 +273,23 @@ def block_causal_mask(cfg: DiTConfig, num_frames: int, num_blocks: int) -> torch
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Input validation: one clear error naming the field, never a silent broadcast
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_tensor(name: str, x: torch.Tensor, shape: tuple, finite: bool = True) -> None:
+    """Raise InputError unless x matches `shape` (ints, or None for any size) and is finite."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point() and name.endswith(("video", "actions", "states", "text", "clip_features")):
+        raise InputError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    pattern = ["*" if s is None else s for s in shape]
+    if x.dim() != len(shape) or any(s is not None and s != a for s, a in zip(shape, x.shape)):
+        raise InputError(f"{name}: expected shape {pattern}, got {list(x.shape)}")
+    if finite and x.is_floating_point() and not torch.isfinite(x).all():
+        raise InputError(f"{name}: contains NaN or Inf")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -285,7 +303,14 @@ class Registers:
 
 
 class CausalWanModel(nn.Module):
-    """The DreamZero DiT. `forward_train` is the teacher-forcing pass; `forward_cached` the closed-loop call."""
+    """The DreamZero DiT. `forward_train` is the teacher-forcing pass; `forward_cached` the closed-loop call.
+
+    `cached_state_attention` chooses what the state token sees in cached inference. "release" (default): the
+    release's behaviour, the state token attends to the cache and all new tokens. "training": it attends only to
+    itself, as in the teacher-forcing mask. With 2+ layers the two differ (~1e-4 at the release's init scale),
+    because the state token's keys feed the video and action tokens of the next layer; with "training" cached
+    inference reproduces the teacher-forcing forward exactly (tests/model_core/test_causality.py).
+    """
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -303,6 +328,7 @@ class CausalWanModel(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         self.attention_kernel = "sdpa"
+        self.cached_state_attention = "release"
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -367,6 +393,29 @@ class CausalWanModel(nn.Module):
             x = blk(x, e0, freqs, context.text_kv[i], image_kv, mask, cache, i, self.attention_kernel)
         return x, e
 
+    def _check_video(self, name: str, video: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> None:
+        cfg = self.cfg
+        _, p_h, p_w = cfg.patch_size
+        check_tensor(name, video, (None, cfg.out_dim, None, None, None))
+        B, _, Fr, H, W = video.shape
+        if H % p_h or W % p_w:
+            raise InputError(f"{name}: latent height/width {H}x{W} must be divisible by the patch {p_h}x{p_w}")
+        if (H // p_h) * (W // p_w) != cfg.frame_seqlen:
+            raise InputError(f"{name}: {H}x{W} latents give {(H // p_h) * (W // p_w)} tokens per frame, "
+                             f"the config's frame_seqlen is {cfg.frame_seqlen}")
+        check_tensor(f"{name} timesteps", timesteps, (B, Fr))
+        if cfg.concat_first_frame_latent:
+            if y is None:
+                raise InputError(f"y: required for {cfg.model_type} with concat_first_frame_latent "
+                                 f"(mask + first-frame latent, {cfg.in_dim - cfg.out_dim} channels)")
+            check_tensor("y", y, (B, cfg.in_dim - cfg.out_dim, Fr, H, W))
+
+    def _check_registers(self, reg: Registers, num_blocks: int, batch: int) -> None:
+        cfg = self.cfg
+        check_tensor("registers.actions", reg.actions, (batch, num_blocks * cfg.num_action_per_block, cfg.action_dim))
+        check_tensor("registers.timesteps", reg.timesteps, (batch, num_blocks * cfg.num_action_per_block))
+        check_tensor("registers.states", reg.states, (batch, num_blocks, cfg.max_state_dim))
+
     def _with_y(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if self.cfg.concat_first_frame_latent:
             return torch.cat([x, y], dim=1)
@@ -384,6 +433,13 @@ class CausalWanModel(nn.Module):
         """
         nb = registers.states.shape[1]
         num_frames = noisy_video.shape[2]
+        self._check_video("noisy_video", noisy_video, timesteps, y)
+        check_tensor("clean_video", clean_video, tuple(noisy_video.shape))
+        if num_frames != 1 + nb * self.cfg.num_frame_per_block:
+            raise InputError(f"noisy_video: {num_frames} latent frames, expected 1 + {nb} blocks x "
+                             f"{self.cfg.num_frame_per_block} = {1 + nb * self.cfg.num_frame_per_block} "
+                             f"for the {nb} state token(s)")
+        self._check_registers(registers, nb, noisy_video.shape[0])
         clean, grid = self.embed_video(self._with_y(clean_video, y))
         noisy, _ = self.embed_video(self._with_y(noisy_video, y))
         regs, t_regs = self._register_tokens(registers)
@@ -412,6 +468,11 @@ class CausalWanModel(nn.Module):
         Returns video velocity [B, out_dim, f, H, W] and action velocity [B, T, A] | None.
         """
         num_frames = video.shape[2]
+        self._check_video("video", video, timesteps, y)
+        if registers is not None:
+            self._check_registers(registers, 1, video.shape[0])
+        if start_frame < 0:
+            raise InputError(f"start_frame: must be >= 0, got {start_frame}")
         x, grid = self.embed_video(self._with_y(video, y))
         Lv = x.shape[1]
         t_tokens = timesteps.repeat_interleave(Lv // num_frames, dim=1)
@@ -426,7 +487,13 @@ class CausalWanModel(nn.Module):
             if registers is not None:
                 raise ValueError("cache-filling (append) calls carry observed video only, no action registers")
             cache.make_room(Lv)
-        x, e = self._run(x, t_tokens, freqs, context, mask=None, cache=cache)
+        mask = None
+        if registers is not None and self.cached_state_attention == "training":
+            total = cache.length + x.shape[1]
+            mask = torch.ones(x.shape[1], total, dtype=torch.bool, device=x.device)
+            mask[-1, :] = False
+            mask[-1, -1] = True  # the state token (last) sees only itself
+        x, e = self._run(x, t_tokens, freqs, context, mask=mask, cache=cache)
         if append:
             cache.commit(Lv)
         video_out = self.unpatchify(self.head(x[:, :Lv], e[:, :Lv]), grid)
