@@ -313,7 +313,11 @@ def _config_error(error: ValidationError, source: str) -> ConfigError:
     inner = first.get("ctx", {}).get("error")
     if isinstance(inner, ConfigError):
         field, expected, actual = ".".join(p for p in (loc, inner.field) if p), inner.expected, inner.actual
+    elif first["type"] == "missing":
+        field, expected, actual = loc, "a value (required field)", "nothing"
+    elif first["type"] == "extra_forbidden":
+        field, expected, actual = loc, "no such field (Extra inputs are not permitted)", repr(first.get("input"))
     else:
-        field, expected, actual = loc, first["msg"], repr(first.get("input"))
+        field, expected, actual = loc, first["msg"].removeprefix("Input should be "), repr(first.get("input"))
     hint = f"{len(problems) - 1} more problem(s) in {source}" if len(problems) > 1 else ""
     return ConfigError(f"{source}: {field}", expected, actual, hint)
