@@ -27,8 +27,8 @@ class JointTrajectory:
 
     joint_names: tuple[str, ...]
     time_from_start_ns: np.ndarray  # [T] int
-    positions: np.ndarray  # [T, J]
-    velocities: np.ndarray | None = None  # [T, J]
+    positions: np.ndarray  # [T, J] (or T sequences of J values)
+    velocities: np.ndarray | None = None  # [T, J] (or T sequences of J values)
 
 
 class TrajectoryController:
@@ -78,7 +78,7 @@ class TrajectoryController:
                                      f"{list(self.joint_names)} exactly once")
         order = [names.index(n) for n in self.joint_names]
         times = np.atleast_1d(np.asarray(traj.time_from_start_ns))
-        positions = np.asarray(traj.positions, dtype=np.float64)
+        positions = self._as_rows(traj.positions, "positions")
         n_points = len(times)
         if n_points == 0:
             raise TrajectoryRejected(f"{self.name}: trajectory has no points")
@@ -89,8 +89,8 @@ class TrajectoryController:
             raise TrajectoryRejected(f"{self.name}: time_from_start must be positive and strictly increasing, "
                                      f"got {times.tolist()} ns")
         velocities = None
-        if traj.velocities is not None and np.size(traj.velocities) > 0:
-            velocities = np.asarray(traj.velocities, dtype=np.float64)
+        if traj.velocities is not None and len(traj.velocities) > 0:
+            velocities = self._as_rows(traj.velocities, "velocities")
             if velocities.shape != positions.shape:
                 raise TrajectoryRejected(f"{self.name}: velocities have shape {velocities.shape}, expected "
                                          f"{positions.shape} (one per position) or none")
@@ -113,6 +113,13 @@ class TrajectoryController:
                 f"{self.name}: velocity of {self.joint_names[joint]} at point {point} is "
                 f"{velocities[point, joint]:.4f}, beyond its limit {self.max_velocity[joint]:.4f}")
         return times.astype(np.float64) * 1e-9, positions, velocities
+
+    def _as_rows(self, values, label: str) -> np.ndarray:
+        try:
+            return np.asarray(values, dtype=np.float64)
+        except ValueError:
+            raise TrajectoryRejected(f"{self.name}: every point needs {len(self.joint_names)} {label} (one per "
+                                     f"joint); the points have unequal numbers of {label}") from None
 
     def command(self, traj: JointTrajectory) -> None:
         """Validate `traj` and start it now from the current setpoint; on rejection hold and re-raise."""

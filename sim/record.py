@@ -1,0 +1,133 @@
+"""Record sim episodes (the scripted expert by default) as rosbag2 bags or as a LeRobot v2.1 dataset.
+
+    dreamzero-sim-record --task reach --episodes 10 --out /tmp/reach_bags --format mcap
+    dreamzero-sim-record --task pick --episodes 50 --out /tmp/pick_lerobot --format lerobot
+
+Bags (`mcap` or `sqlite3`): one bag per episode, `<out>/episode_000000/`, on the robot's topics (see sim.rosmsg):
+joint states at 30 Hz, the cameras at `--image-hz` (default 15), each commanded chunk as the arm and gripper
+JointTrajectory messages, the latched instruction; metadata.yaml `custom_data` holds task, seed and success.
+LeRobot: one dataset at `<out>` (see sim.lerobot), 15 fps, images of every control step.
+Episode e uses seed `--seed + e`. A JSON summary goes to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sim.bags import BagWriter
+from sim.cameras import CAMERAS
+from sim.env import ARM_CONTROLLER, GRIPPER_CONTROLLER, FrankaSimEnv, chunk_to_trajectories
+from sim.experts import make_expert
+from sim.lerobot import LeRobotWriter
+from sim.rollout import Episode, Policy, run_episode
+from sim.tasks import TASKS
+
+FORMATS = ("mcap", "sqlite3", "lerobot")
+JOINT_STATE_HZ = 30
+
+
+def record(task: str, episodes: int, out: str | Path, fmt: str = "mcap", seed: int = 0,
+           image_hw: tuple[int, int] = (180, 320), cameras: tuple[str, ...] = CAMERAS, image_hz: int = 15,
+           make_policy: Callable[[FrankaSimEnv], Policy] = make_expert) -> list[dict]:
+    """Record `episodes` episodes of `task` with the policy `make_policy(env)`; returns one summary per episode."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; valid formats: {list(FORMATS)}")
+    if image_hz < 1 or FrankaSimEnv.PHYSICS_HZ % image_hz:
+        raise ValueError(f"image_hz {image_hz} must divide the physics rate {FrankaSimEnv.PHYSICS_HZ} Hz "
+                         f"(e.g. 5, 10, 15, 30)")
+    out = Path(out)
+    env = FrankaSimEnv(task=task, seed=seed, image_hw=image_hw, cameras=cameras)
+    policy = make_policy(env)
+    dataset = LeRobotWriter(out, env.cameras, env.image_hw, fps=env.CONTROL_HZ) if fmt == "lerobot" else None
+    summaries = []
+    try:
+        for index in range(episodes):
+            if dataset is not None:
+                episode, path = _record_lerobot(env, policy, seed + index, dataset), out
+            else:
+                path = out / f"episode_{index:06d}"
+                episode = _record_bag(env, policy, seed + index, path, fmt, image_hz)
+            summaries.append({"episode": index, "seed": episode.seed, "instruction": episode.instruction,
+                              "success": episode.success, "control_steps": episode.control_steps,
+                              "path": str(path)})
+        if dataset is not None:
+            dataset.finish()
+    finally:
+        env.close()
+    return summaries
+
+
+def _record_bag(env: FrankaSimEnv, policy: Policy, seed: int, path: Path, fmt: str, image_hz: int) -> Episode:
+    joint_period, image_period = env.PHYSICS_HZ // JOINT_STATE_HZ, env.PHYSICS_HZ // image_hz
+    with BagWriter(path, fmt, env.cameras, {"task": env.task_name, "seed": str(seed)}) as bag:
+        def on_step(env: FrankaSimEnv) -> None:
+            if env.step_count == 0:
+                bag.instruction(0, env.instruction)
+            if env.step_count % joint_period == 0:
+                bag.joint_state(env.observe(render=False))
+            if env.step_count % image_period == 0:
+                for camera in env.cameras:
+                    bag.image(camera, env.now_ns, env.render(camera))
+
+        def on_chunk(env: FrankaSimEnv, chunk: np.ndarray) -> None:
+            arm, gripper = chunk_to_trajectories(chunk, 1.0 / env.CONTROL_HZ)
+            bag.trajectory(ARM_CONTROLLER, env.now_ns, arm)
+            bag.trajectory(GRIPPER_CONTROLLER, env.now_ns, gripper)
+
+        episode = run_episode(env, policy, seed, on_step=on_step, on_chunk=on_chunk)
+        bag.writer.set_custom_data("success", str(episode.success).lower())
+    return episode
+
+
+def _record_lerobot(env: FrankaSimEnv, policy: Policy, seed: int, dataset: LeRobotWriter) -> Episode:
+    substeps = env.PHYSICS_HZ // env.CONTROL_HZ
+    states, cartesian, images = [], [], {camera: [] for camera in env.cameras}
+
+    def on_step(env: FrankaSimEnv) -> None:  # the observation at the start of each control step
+        if env.step_count % substeps == 0:
+            obs = env.observe(render=True)
+            position, quaternion = env.tcp_pose()
+            states.append(obs.state)
+            cartesian.append(np.concatenate([position, env.client.getEulerFromQuaternion(quaternion)]))
+            for camera in env.cameras:
+                images[camera].append(obs.images[camera])
+
+    episode = run_episode(env, policy, seed, on_step=on_step)
+    if episode.rejected:
+        raise RuntimeError(f"episode with seed {seed}: the policy sent rejected chunks ({episode.rejected[0]}); "
+                           f"a dataset needs an action for every step")
+    n = episode.control_steps  # the last observation (after the last action) has no action: dropped
+    dataset.add_episode(np.array(states[:n]), episode.actions, np.array(cartesian[:n]),
+                        {camera: np.stack(frames[:n]) for camera, frames in images.items()},
+                        episode.instruction, episode.success, {"sim_task": env.task_name, "sim_seed": seed})
+    return episode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dreamzero-sim-record", description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="reach")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--format", choices=FORMATS, default="mcap")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    parser.add_argument("--height", type=int, default=180)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--cameras", default=",".join(CAMERAS), help="comma-separated subset of " + ",".join(CAMERAS))
+    parser.add_argument("--image-hz", type=int, default=15, help="camera rate in bags (divides 240)")
+    args = parser.parse_args(argv)
+    summaries = record(args.task, args.episodes, args.out, args.format, args.seed, (args.height, args.width),
+                       tuple(c for c in args.cameras.split(",") if c), args.image_hz)
+    successes = sum(s["success"] for s in summaries)
+    json.dump({"task": args.task, "format": args.format, "out": args.out, "episodes": len(summaries),
+               "successes": successes, "per_episode": summaries}, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
