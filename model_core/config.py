@@ -106,13 +106,17 @@ PRESETS: dict[str, DiTConfig] = {
                           in_dim=48, out_dim=48, frame_seqlen=50, concat_first_frame_latent=False),
     # ~60M parameters: for benchmarks that need a model with real arithmetic intensity on a CPU.
     "small": DiTConfig(model_type="ti2v", dim=512, ffn_dim=2048, num_heads=8, num_layers=12, in_dim=16, out_dim=16,
-                       frame_seqlen=32, concat_first_frame_latent=False, text_dim=64, text_len=32, clip_dim=64,
+                       frame_seqlen=32, concat_first_frame_latent=False, text_dim=48, text_len=32, clip_dim=64,
                        freq_dim=256, action_dim=32, max_state_dim=64, hidden_size=256),
     # Tests and the demo: a tiny Wan2.1-style VAE (16 ch, 8x), 64x128 frames -> 8x16 latents -> 32 tokens per frame.
     "tiny": DiTConfig(model_type="ti2v", dim=128, ffn_dim=384, num_heads=4, num_layers=4, in_dim=16, out_dim=16,
-                      frame_seqlen=32, concat_first_frame_latent=False, text_dim=32, text_len=16, clip_dim=32,
+                      frame_seqlen=32, concat_first_frame_latent=False, text_dim=48, text_len=32, clip_dim=32,
                       freq_dim=64, action_dim=32, max_state_dim=64, hidden_size=128),
 }
+
+
+# Pixel frame (tiled views) of the tiny and small presets: 8x VAE -> 8x16 latents -> 4x8 = 32 tokens per frame.
+TINY_VIDEO_HW = (64, 128)
 
 
 def preset(name: str) -> DiTConfig:

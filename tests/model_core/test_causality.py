@@ -135,3 +135,46 @@ def test_reference_and_sdpa_kernels_agree():
     model.attention_kernel = "reference"
     v2, a2 = train_forward(model, x)
     assert torch.allclose(v1, v2, atol=1e-5) and torch.allclose(a1, a2, atol=1e-5)
+
+
+CFG_I2V = dataclasses.replace(CFG, model_type="i2v", in_dim=2 * CFG.out_dim + 4, concat_first_frame_latent=True)
+
+
+def test_i2v_first_frame_latent_path_matches_between_training_and_cache():
+    """i2v: y (4 mask channels + first-frame latent) is concatenated on channels in both passes."""
+    model, x = make_model(CFG_I2V), make_inputs(CFG_I2V)
+    model.cached_state_attention = "training"
+    y = torch.randn(1, CFG_I2V.in_dim - CFG_I2V.out_dim, FR, 4, 8)
+    ctx = model.encode_context(x["text"], x["clip"])
+    regs = Registers(x["actions"], x["t_actions"], x["states"])
+    with torch.no_grad():
+        video, actions = model.forward_train(x["noisy"], x["clean"], x["t"], regs, ctx, y=y)
+        cache = KVCache(CFG_I2V)
+        model.forward_cached(x["clean"][:, :, :1], torch.zeros(1, 1), 0, cache, ctx, y=y[:, :, :1], append=True)
+        model.forward_cached(x["clean"][:, :, 1:3], torch.zeros(1, 2), 1, cache, ctx, y=y[:, :, 1:3], append=True)
+        r2 = Registers(x["actions"][:, 4:], x["t_actions"][:, 4:], x["states"][:, 1:])
+        v, a = model.forward_cached(x["noisy"][:, :, 3:5], x["t"][:, 3:5], 3, cache, ctx, r2, y=y[:, :, 3:5])
+        video_no_y, _ = model.forward_train(x["noisy"], x["clean"], x["t"], regs, ctx, y=torch.zeros_like(y))
+    assert torch.allclose(v, video[:, :, 3:5], atol=1e-5) and torch.allclose(a, actions[:, 4:], atol=1e-5)
+    assert (video_no_y - video).abs().max() > 1e-3  # the first-frame latent is really used
+
+
+def test_i2v_without_y_is_one_clear_error():
+    from model_core.errors import InputError
+    model, x = make_model(CFG_I2V), make_inputs(CFG_I2V)
+    with pytest.raises(InputError, match="y: required"):
+        train_forward(model, x)
+
+
+@pytest.mark.parametrize("field, bad, message", [
+    ("noisy", lambda t: t[:, :3], "expected shape"),
+    ("actions", lambda t: t[:, :, :5], r"registers.actions: expected shape \[1, 8, 8\], got \[1, 8, 5\]"),
+    ("states", lambda t: t * float("nan"), "registers.states: contains NaN"),
+    ("t", lambda t: t[:, :4], r"noisy_video timesteps: expected shape \[1, 5\], got \[1, 4\]"),
+])
+def test_bad_inputs_raise_one_clear_error(field, bad, message):
+    from model_core.errors import InputError
+    model, x = make_model(), make_inputs()
+    x[field] = bad(x[field])
+    with pytest.raises(InputError, match=message):
+        train_forward(model, x)
