@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 ## Main job: the closed-loop demo on the bundled default (until it lands: the tiny-preset model benchmark).
 demo: setup
-	$(BIN)/python bench/bench_model.py --preset tiny --calls 6
+	$(BIN)/python bench/bench_model.py --presets tiny --calls 6
 
 ## The test suite (CPU, no ROS install needed).
 test: setup
