@@ -91,17 +91,18 @@ class SafetyFilter:
         dt_ns = self.embodiment.dt_ns
         stale = self.watchdog.stale(now_ns, stream_stamps)
         if stale:
-            reasons = tuple(dict.fromkeys(SafetyRefusal.STALE_JOINTS if s == JOINT_STATES
-                                          else SafetyRefusal.STALE_CAMERA for s in stale))
-            detail = ", ".join(f"{s} {age:.0f} ms" for s, age in stale.items())
-            return self._hold(current, now_ns, dt_ns, reasons, f"stale: {detail}")
+            by_reason: dict[SafetyRefusal, list[str]] = {}
+            for stream, age in stale.items():
+                reason = SafetyRefusal.STALE_JOINTS if stream == JOINT_STATES else SafetyRefusal.STALE_CAMERA
+                by_reason.setdefault(reason, []).append(f"{stream} {age:.0f} ms old")
+            return self._hold(current, now_ns, dt_ns, {r: ", ".join(d) for r, d in by_reason.items()})
         if plan is None or len(plan) == 0:
-            return self._hold(current, now_ns, dt_ns, (SafetyRefusal.NO_TARGETS,), "plan empty")
+            return self._hold(current, now_ns, dt_ns, {SafetyRefusal.NO_TARGETS: "plan empty"})
         if plan.delay_ns > self._max_delay_ns:
-            return self._hold(current, now_ns, dt_ns, (SafetyRefusal.STALE_CHUNK,),
-                              f"delay {plan.delay_ns / 1e6:.0f} ms > {self._max_delay_ns / 1e6:.0f} ms")
+            return self._hold(current, now_ns, dt_ns, {
+                SafetyRefusal.STALE_CHUNK: f"delay {plan.delay_ns / 1e6:.0f} ms > {self._max_delay_ns / 1e6:.0f} ms"})
         if not (np.isfinite(plan.positions).all() and np.isfinite(plan.gripper).all()):
-            return self._hold(current, now_ns, dt_ns, (SafetyRefusal.NON_FINITE,), "in the plan")
+            return self._hold(current, now_ns, dt_ns, {SafetyRefusal.NON_FINITE: "in the plan"})
 
         reasons: list[SafetyRefusal] = []
         positions = np.clip(plan.positions, self._lower, self._upper)  # [M, J]
@@ -137,13 +138,13 @@ class SafetyFilter:
             previous = out[i] = previous + np.clip(step, -limit, limit)
         return out, bool((hit & ~velocity_binds).any()), bool((hit & velocity_binds).any())
 
-    def _hold(self, current: JointObservation, now_ns: int, dt_ns: int, reasons: tuple[SafetyRefusal, ...],
-              detail: str) -> SafeCommand:
-        for reason in reasons:
+    def _hold(self, current: JointObservation, now_ns: int, dt_ns: int,
+              details: dict[SafetyRefusal, str]) -> SafeCommand:
+        for reason, detail in details.items():
             self._record(reason, now_ns, detail)
         if self._held_at is None:
             self._held_at = current.positions.copy()
-        return hold_trajectory(self._held_at, now_ns, dt_ns, reasons)
+        return hold_trajectory(self._held_at, now_ns, dt_ns, tuple(details))
 
     def _record(self, reason: SafetyRefusal, now_ns: int, detail: str) -> None:
         with self._lock:
