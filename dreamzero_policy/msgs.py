@@ -143,7 +143,11 @@ def serialize(msg: Any, msgtype: str | None = None) -> bytes:
 
 
 def deserialize(data: bytes | memoryview, msgtype: str) -> Any:
-    """A rosbags message from CDR bytes. Array fields of primitives are numpy views into `data` (no copy)."""
+    """A rosbags message from CDR bytes.
+
+    Array fields of primitives (e.g. Image.data) are numpy views into `data`, not copies: read-only when `data` is
+    `bytes` (what subscriptions deliver). Copy before modifying in place.
+    """
     return typestore().deserialize_cdr(data, msgtype)
 
 

@@ -12,6 +12,11 @@ never lets the binding (de)serialize: it hands rosbags' CDR bytes to `ddspy_writ
 write that the stock `DataWriter.write` also ends in) and gets the received CDR bytes from `ddspy_take`. rosbags
 decodes `uint8[]` into a numpy view of those bytes.
 
+`ddspy_write` holds the GIL while Cyclone writes (about 0.1 ms for a 640x480 image). A reliable writer whose
+history is full of unacknowledged data (samples above Cyclone's 500 kB high-water mark, i.e. big messages to a
+stalled reliable reader) blocks up to max_blocking_time (100 ms) inside that call; publish big messages (images)
+with QoS.SENSOR_DATA, as ROS 2 does, and this never happens.
+
 Services follow rmw_cyclonedds_cpp's request/reply format (rmw_node.cpp / serdata.cpp): service `/name` uses the DDS
 topics `rq/nameRequest` (type `pkg::srv::dds_::S_Request_`) and `rr/nameReply` (`pkg::srv::dds_::S_Response_`),
 reliable, volatile, keep last 10. Each payload is the CDR stream of the message with a request header in front of
