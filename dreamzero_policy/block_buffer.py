@@ -4,7 +4,8 @@ Camera frames (15-60 Hz each) and joint states arrive on middleware threads. Sam
 the model's video rate (e.g. 5 fps for DROID: 8 frames per 24-action chunk at 15 Hz). A frame set for sample time
 t is formed once every stream has data at or past t: each camera's frame and the joint state nearest to t are
 taken, and the set is complete only if each stamp is within the sync tolerance of t and of each other; complete sets
-are tiled into one model frame right away. A block is the newest `frames_per_block` sets not yet handed out, or a
+are tiled into one model frame right away (after a gap, a stall or a clock jump the grid skips straight to the
+first sample time the data can fill). A block is the newest `frames_per_block` sets not yet handed out, or a
 single set right after a reset (the model's initial frame). A camera that stops stalls the grid, so no block
 completes (and the safety watchdog holds the arm).
 
@@ -140,20 +141,28 @@ class BlockBuffer:
         """Form the frame sets of every sample time that all streams have reached."""
         if not self._joints or not all(self._cameras.values()):
             return
-        reached = min(self._joints[-1].stamp_ns, *(q[-1].stamp_ns for q in self._cameras.values()))
+        streams = {**self._cameras, JOINT_STATES: self._joints}
+        reached = min(q[-1].stamp_ns for q in streams.values())
         if self._next_due_ns is None:
             self._next_due_ns = reached
         formed = False
         while self._next_due_ns <= reached:
             t = self._next_due_ns
-            self._next_due_ns += self.period_ns
-            frames = {name: _nearest(q, t) for name, q in self._cameras.items()}
-            joint = _nearest(self._joints, t)
-            stamps = [f.stamp_ns for f in frames.values()] + [joint.stamp_ns]
-            if max(abs(s - t) for s in stamps) > self.tolerance_ns or max(stamps) - min(stamps) > self.tolerance_ns:
-                self._stats["incomplete_sets"] += 1
+            picks, resume, gap = {}, t + self.period_ns, False
+            for name, q in streams.items():
+                before, after = _around(q, t)
+                picks[name] = pick = min((x for x in (before, after) if x is not None),
+                                         key=lambda x: abs(x.stamp_ns - t))
+                if abs(pick.stamp_ns - t) > self.tolerance_ns:  # a gap in this stream: no set until `after`
+                    gap, resume = True, max(resume, after.stamp_ns - self.tolerance_ns)
+            steps = -(-(resume - t) // self.period_ns)  # >= 1; more after a gap, a stall or a clock jump
+            self._next_due_ns = t + steps * self.period_ns
+            stamps = [p.stamp_ns for p in picks.values()]
+            if gap or max(stamps) - min(stamps) > self.tolerance_ns:
+                self._stats["incomplete_sets"] += steps
                 continue
-            tiled = self.video({name: f.rgb for name, f in frames.items()})
+            joint = picks.pop(JOINT_STATES)
+            tiled = self.video({name: f.rgb for name, f in picks.items()})
             self._sets.append(_FrameSet(t, tiled, joint))
             self._fresh += 1
             self._stats["frame_sets"] += 1
@@ -162,12 +171,12 @@ class BlockBuffer:
             self._cond.notify_all()
 
 
-def _nearest(items: deque, t: int):
-    """The item of a stamp-ordered deque whose stamp_ns is nearest to t (scanning from the newest)."""
-    best = None
+def _around(items: deque, t: int) -> tuple:
+    """(newest item with stamp_ns <= t, oldest item with stamp_ns > t) of a stamp-ordered deque; either may be
+    None. Scans from the newest item, so recent sample times cost a few steps."""
+    after = None
     for item in reversed(items):
-        if best is None or abs(item.stamp_ns - t) < abs(best.stamp_ns - t):
-            best = item
         if item.stamp_ns <= t:
-            break
-    return best
+            return item, after
+        after = item
+    return None, after

@@ -86,13 +86,22 @@ def test_a_camera_that_stops_makes_blocks_incomplete():
     assert stamps[JOINT_STATES] == T0 + 6000 * MS
 
 
-def test_a_gap_in_one_camera_drops_only_the_sets_it_covers():
+@pytest.mark.parametrize("streams", [["exterior_1"], ["wrist", "exterior_1", "exterior_2", JOINT_STATES]])
+def test_a_gap_drops_only_the_sets_it_covers(streams):
     buffer = make_buffer()
-    blocks = play(buffer, FRANKA, events(FRANKA, 0, 4.0, gaps={"exterior_1": (1.05, 1.55)}))
+    blocks = play(buffer, FRANKA, events(FRANKA, 0, 4.0, gaps={s: (1.05, 1.55) for s in streams}))
     assert buffer.stats()["incomplete_sets"] == 2  # the sets at 1.2 s and 1.4 s
     stamps = np.concatenate([b.stamps_ns for b in blocks]) - T0
     assert 1200 * MS not in stamps and 1400 * MS not in stamps
     assert len(blocks) == 3  # the stream recovers
+
+
+def test_a_clock_jump_skips_the_sample_times_in_between():
+    buffer = make_buffer()
+    play(buffer, FRANKA, events(FRANKA, 0, 1.0))
+    blocks = play(buffer, FRANKA, events(FRANKA, 10_000.0, 10_002.0))  # e.g. a paused simulation resumes
+    assert [len(b.stamps_ns) for b in blocks] == [8]
+    assert buffer.stats()["incomplete_sets"] == pytest.approx(5 * 9999, abs=10)
 
 
 def test_slow_consumer_gets_the_newest_sets():
