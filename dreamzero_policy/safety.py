@@ -133,8 +133,7 @@ class SafetyFilter:
         previous, hit = start, np.zeros(positions.shape[1], bool)
         for i, target in enumerate(positions):
             step = target - previous
-            too_far = np.abs(step) > limit
-            hit |= too_far
+            hit |= np.abs(step) > limit
             previous = out[i] = previous + np.clip(step, -limit, limit)
         return out, bool((hit & ~velocity_binds).any()), bool((hit & velocity_binds).any())
 
@@ -153,8 +152,8 @@ class SafetyFilter:
             last = self._last_logged_ns.get(reason)
             if last is not None and now_ns - last < self._log_period_ns:
                 return
-            count, self._unlogged[reason] = self._unlogged[reason], 0
+            count, total, self._unlogged[reason] = self._unlogged[reason], self._counts[reason], 0
             self._last_logged_ns[reason] = now_ns
         level = logging.WARNING if reason.holds else logging.INFO
         self._log.log(level, "safety %s (code %d): %s; %s [%d time(s) since the last report, %d in total]",
-                      reason.name, reason.code, reason.message, detail, count, self._counts[reason])
+                      reason.name, reason.code, reason.message, detail, count, total)
