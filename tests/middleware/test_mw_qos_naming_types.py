@@ -11,6 +11,7 @@ from dreamzero_policy.middleware.naming import (dds_service_topics, dds_topic_na
 from dreamzero_policy.middleware.qos import Durability, Reliability
 
 STORE = msgs.typestore()
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_qos_profiles():
@@ -68,6 +69,15 @@ def test_rclpy_backend_without_ros_says_what_to_do():
     from dreamzero_policy.middleware import MiddlewareError
     with pytest.raises(MiddlewareError, match="backend='dds'"):
         create_middleware("rclpy")
+
+
+def test_dds_backend_never_imports_rclpy():
+    """Architecture rule: only rclpy_backend.py (and the node entry) import rclpy, and only when asked for."""
+    import subprocess
+    import sys
+    code = ("import sys, dreamzero_policy.middleware as m, dreamzero_policy.middleware.dds_backend, "
+            "dreamzero_policy.msgs; assert 'rclpy' not in sys.modules, 'rclpy imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=str(REPO))
 
 
 def test_rclpy_backend_module_imports_without_ros():
