@@ -105,9 +105,13 @@ class BlockBuffer:
                      sets[-1].joint)
 
     def reset(self) -> None:
-        """Start a new episode: pending sets are discarded and the next block is one fresh initial frame."""
+        """Start a new episode: forget all data (a simulator may restart its clock) and stamp order; the next
+        block is one initial frame from data received after the reset."""
         with self._cond:
-            self._sets.clear()
+            for queue in (*self._cameras.values(), self._joints, self._sets):
+                queue.clear()
+            self._order.reset()
+            self._next_due_ns = None
             self._fresh, self._initial, self._index = 0, True, 0
 
     def close(self) -> None:

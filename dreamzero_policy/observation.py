@@ -155,14 +155,15 @@ def example_observation(embodiment: Embodiment, stamp_ns: int = 1_000_000_000) -
 
 
 class StampOrder:
-    """Rejects unset stamps and stamps that do not increase, per stream. Not thread-safe (the owner locks)."""
+    """Rejects negative stamps and stamps that do not increase, per stream (a driver that leaves stamps unset
+    repeats 0 and fails on its second message). Not thread-safe (the owner locks)."""
 
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
 
     def check(self, stream: str, stamp_ns: int) -> None:
-        if stamp_ns <= 0:
-            raise OutOfOrderStamp(f"{stream} stamp", "a set stamp (> 0 ns)", stamp_ns)
+        if stamp_ns < 0:
+            raise OutOfOrderStamp(f"{stream} stamp", "a stamp >= 0 ns", stamp_ns)
         last = self._last.get(stream)
         if last is not None and stamp_ns <= last:
             raise OutOfOrderStamp(f"{stream} stamp", f"> {last} ns (the previous stamp)", stamp_ns)

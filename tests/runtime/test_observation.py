@@ -240,7 +240,10 @@ def test_stamp_order_per_stream():
     assert err.value.field == "wrist stamp" and "> 11" in str(err.value)
     with pytest.raises(OutOfOrderStamp):
         order.check("wrist", 11)  # a repeated stamp is a duplicate
-    with pytest.raises(OutOfOrderStamp, match="set stamp"):
-        order.check("joint_states", 0)
+    order.check("joint_states", 0)  # simulated time starts at 0
+    with pytest.raises(OutOfOrderStamp):
+        order.check("joint_states", 0)  # ... but a stamp left unset repeats 0
+    with pytest.raises(OutOfOrderStamp, match=">= 0"):
+        order.check("exterior_2", -1)
     order.reset()
     order.check("wrist", 1)
