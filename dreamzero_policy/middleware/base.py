@@ -9,8 +9,8 @@ Threading contract (both backends):
   `now_ns` may be called from any thread, before or after spinning starts.
 - `ServiceClient.call` blocks the calling thread; never call it from a callback of the same middleware (the reply
   could need the executor that the callback is blocking).
-- A callback that raises is logged (logger `dreamzero_policy.middleware`) and counted in `callback_errors`; the
-  executor keeps running.
+- A callback that raises is logged (logger `dreamzero_policy.middleware`; with traceback for the first 3 failures of
+  each topic/timer/service, then every 100th) and counted in `callback_errors`; the executor keeps running.
 
 Messages are rosbags dataclasses of types held by `dreamzero_policy.msgs.typestore()`; on the wire they are CDR bytes.
 """
@@ -98,6 +98,7 @@ class Middleware(abc.ABC):
 
     def __init__(self) -> None:
         self.callback_errors = 0
+        self._errors_by_source: dict[str, int] = {}
         self._bg_thread: threading.Thread | None = None
         self._bg_stop: threading.Event | None = None
 
@@ -167,7 +168,9 @@ class Middleware(abc.ABC):
             return True
         except Exception:
             self.callback_errors += 1
-            log.exception("callback for %s raised; the executor continues", what)
+            n = self._errors_by_source[what] = self._errors_by_source.get(what, 0) + 1
+            if n <= 3 or n % 100 == 0:
+                log.exception("callback for %s raised (failure #%d there); the executor continues", what, n)
             return False
 
     def __enter__(self) -> "Middleware":

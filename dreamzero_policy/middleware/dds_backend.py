@@ -10,7 +10,9 @@ What a stock ROS 2 graph on rmw_cyclonedds_cpp sees (docs: ROBOTS_AND_ROS.md sec
 Fast path: the stock binding turns `sequence<uint8>` into a Python list (~80 ms for a 640x480 image). This backend
 never lets the binding (de)serialize: it hands rosbags' CDR bytes to `ddspy_write` (the binding's serialized-data
 write that the stock `DataWriter.write` also ends in) and gets the received CDR bytes from `ddspy_take`. rosbags
-decodes `uint8[]` into a numpy view of those bytes.
+decodes `uint8[]` into a numpy view of those bytes. The binding's C layer still validates every payload against the
+topic type (Cyclone's `dds_stream_normalize`) when it is written and when it arrives: a payload that does not match
+the type fails the write (MiddlewareError) or is dropped on receipt.
 
 `ddspy_write` holds the GIL while Cyclone writes (about 0.1 ms for a 640x480 image). A reliable writer whose
 history is full of unacknowledged data (samples above Cyclone's 500 kB high-water mark, i.e. big messages to a
@@ -27,8 +29,11 @@ the body, right after the 4-byte encapsulation header: `uint64 guid, int64 seq` 
 matched the reply reader of the requesting client (as rmw_cyclonedds does). This was written from rmw_cyclonedds'
 source; it is tested between two processes of this backend, not against a real ROS 2 install (none here).
 
-Not done: the `ros_discovery_info` topic (rmw_dds_common/ParticipantEntitiesInfo), so `ros2 topic list/echo/pub`
-see and use our topics, but `ros2 node list` does not show this node.
+Not done: the `ros_discovery_info` topic (rmw_dds_common/ParticipantEntitiesInfo). ROS 2 tools build the topic graph
+from DDS discovery, so `ros2 topic list/echo/pub` should see and use our topics, but `ros2 node list` will not show
+this node. Interoperability is verified here against the stock cyclonedds binding (hand-written IDL types on rt/...),
+not against a ROS 2 install (none on the development machine); tests/middleware/test_mw_rclpy.py checks it where
+rclpy exists.
 
 Networking: Cyclone reads its configuration from CYCLONEDDS_URI when the first participant of a domain is created.
 `LOOPBACK_CONFIG` is a loopback-only configuration (tests and benchmarks use it).
@@ -136,6 +141,8 @@ class _DdsPublisher(Publisher):
 
     def publish_raw(self, cdr) -> None:
         _check_cdr(cdr)
+        if self._mw._closed:
+            raise MiddlewareError(f"publish on {self.topic}: the middleware is shut down")
         ret = ddspy_write(self._writer._ref, cdr)
         if ret < 0:
             raise MiddlewareError(f"DDS write on {self.topic} failed: {DDSException(ret)}")

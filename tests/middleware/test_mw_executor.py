@@ -128,6 +128,15 @@ def test_shutdown_from_a_callback_and_idempotent(make_mw):
         mw.create_publisher("/x", "std_msgs/msg/String", QoS.RELIABLE)
 
 
+def test_publish_after_shutdown_raises(make_mw):
+    mw = make_mw("closed")
+    pub = mw.create_publisher("/y", "std_msgs/msg/String", QoS.RELIABLE)
+    mw.shutdown()
+    with pytest.raises(MiddlewareError, match="shut down"):
+        pub.publish(String(data="late"))
+    assert mw.spin_once(0.01) == 0
+
+
 def test_publish_raw_rejects_non_cdr(make_mw):
     pub = make_mw("raw").create_publisher("/raw", "std_msgs/msg/String", QoS.RELIABLE)
     with pytest.raises(ValueError, match="00 01 00 00"):
