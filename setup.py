@@ -18,7 +18,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["model_core", "model_core.*", "dreamzero_policy", "dreamzero_policy.*",
                                     "sim", "sim.*"]),
-    package_data={"sim": ["assets/*"], "dreamzero_policy": ["msg_defs/*"]},
+    package_data={"sim": ["assets/*"], "dreamzero_policy": ["msg_defs/*.xml", "msg_defs/msg/*.msg", "msg_defs/srv/*.srv",
+                                                            "middleware/*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

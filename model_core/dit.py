@@ -282,7 +282,7 @@ def check_tensor(name: str, x: torch.Tensor, shape: tuple, finite: bool = True) 
         raise InputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point() and name.endswith(("video", "actions", "states", "text", "clip_features")):
         raise InputError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    pattern = ["*" if s is None else s for s in shape]
+    pattern = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
     if x.dim() != len(shape) or any(s is not None and s != a for s, a in zip(shape, x.shape)):
         raise InputError(f"{name}: expected shape {pattern}, got {list(x.shape)}")
     if finite and x.is_floating_point() and not torch.isfinite(x).all():
