@@ -109,8 +109,6 @@ class ImageEncoder(nn.Module):
     def __init__(self, model: CLIPVisionModel):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -135,7 +133,7 @@ class ImageEncoder(nn.Module):
         core.load_state_dict(wan_to_hf_clip(wanted, config.num_hidden_layers), strict=True, assign=True)
         emb = core.embeddings  # its non-persistent position_ids buffer is not in any checkpoint: rebuild it
         emb.position_ids = torch.arange(emb.num_positions, device=device).expand(1, -1)
-        return cls(model).to(device)
+        return cls(model)
 
     @classmethod
     def tiny(cls, seed: int = 0) -> ImageEncoder:
@@ -162,6 +160,7 @@ class ImageEncoder(nn.Module):
             raise InputError(f"images must be [B, 3, H, W] in [-1, 1], got shape {list(images.shape)}")
         size = self.model.config.image_size
         x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
-        x = (x * 0.5 + 0.5 - self.mean) / self.std  # [-1, 1] -> [0, 1] -> CLIP normalisation
+        mean, std = (torch.tensor(c, device=x.device).view(1, 3, 1, 1) for c in (CLIP_MEAN, CLIP_STD))
+        x = (x * 0.5 + 0.5 - mean) / std  # [-1, 1] -> [0, 1] -> CLIP normalisation, in float32
         dtype = next(self.model.parameters()).dtype
         return self.model(pixel_values=x.to(dtype)).last_hidden_state  # output of block 31, before post_layernorm

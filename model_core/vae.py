@@ -206,10 +206,6 @@ class WanVAE(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.variant = variant
-        cfg = model.config
-        self.register_buffer("latents_mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("latents_inv_std", 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1),
-                             persistent=False)
         # encode_incremental's cache: one slot per causal conv of the encoder (diffusers' `feat_cache` protocol)
         self._stream: list | None = None
         self._stream_geometry: tuple[int, int, int] | None = None  # [B, H, W] the stream was started with
@@ -232,7 +228,7 @@ class WanVAE(nn.Module):
         with torch.device("meta"):
             model = AutoencoderKLWan(**_variant_config(variant, tiny))
         model.load_state_dict(wan_to_diffusers_keys(original, model, source), strict=True, assign=True)
-        return cls(model, variant).to(device=device, dtype=dtype)
+        return cls(model.to(device=device, dtype=dtype), variant)
 
     @classmethod
     def tiny(cls, variant: str = "wan22", seed: int = 0) -> WanVAE:
@@ -263,6 +259,13 @@ class WanVAE(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    def latent_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel latent mean and 1 / std [1, C, 1, 1, 1] in float32 (built per call from the config, so casting
+        the module to bf16 never rounds them)."""
+        cfg = self.model.config
+        mean = torch.tensor(cfg.latents_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
+        return mean, 1.0 / torch.tensor(cfg.latents_std, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
+
     # --- encode / decode ----------------------------------------------------------------------------------------
 
     def _check_video(self, video: torch.Tensor, first: bool) -> None:
@@ -292,7 +295,8 @@ class WanVAE(nn.Module):
         moments = [self.model.quant_conv(self.model.encoder(x[:, :, i: i + (1 if first and i == 0 else t)],
                                                              feat_cache=cache, feat_idx=[0])) for i in starts]
         mu = torch.cat(moments, dim=2)[:, : self.z_dim]  # [B, 2C, F, h, w] -> posterior mean [B, C, F, h, w]
-        return (mu.float() - self.latents_mean) * self.latents_inv_std
+        mean, inv_std = self.latent_stats(mu.device)
+        return (mu.float() - mean) * inv_std
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -305,7 +309,8 @@ class WanVAE(nn.Module):
         """Normalised latents [B, C, F, h, w] -> video [B, 3, 1 + 4(F-1), h*s, w*s] in [-1, 1] (float32)."""
         if latents.ndim != 5 or latents.shape[1] != self.z_dim:
             raise InputError(f"latents must be [B, {self.z_dim}, F, h, w], got shape {list(latents.shape)}")
-        z = latents.float() / self.latents_inv_std + self.latents_mean
+        mean, inv_std = self.latent_stats(latents.device)
+        z = latents.float() / inv_std + mean
         return self.model.decode(z.to(self.dtype)).sample.float()
 
     def reset_stream(self) -> None:
