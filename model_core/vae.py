@@ -3,10 +3,11 @@
 Implements the causal 3D video VAEs of "Wan: Open and Advanced Large-Scale Video Generative Models"
 (arXiv 2503.20314, section 3.1 "Spatio-temporal variational autoencoder"):
 
-| variant | checkpoint        | latent channels | stride (T, H, W) | notes                                             |
-|---------|-------------------|-----------------|------------------|---------------------------------------------------|
-| wan21   | `Wan2.1_VAE.pth`  | 16              | 4, 8, 8          | DreamZero 14B (Wan2.1-I2V-14B)                    |
-| wan22   | `Wan2.2_VAE.pth`  | 48              | 4, 16, 16        | DreamZero 5B (Wan2.2-TI2V-5B): 2x2 pixel patchify + residual down/up blocks, decoder width 256 |
+| variant | checkpoint       | latent channels | stride (T, H, W) | used by                                         |
+|---------|------------------|-----------------|------------------|-------------------------------------------------|
+| wan21   | `Wan2.1_VAE.pth` | 16              | 4, 8, 8          | DreamZero 14B (Wan2.1-I2V-14B)                  |
+| wan22   | `Wan2.2_VAE.pth` | 48              | 4, 16, 16        | DreamZero 5B (Wan2.2-TI2V-5B)                   |
+Wan2.2's VAE adds a 2x2 pixel patchify (12 input channels), residual down/up blocks and a wider decoder (256 vs 160).
 
 Video [B, 3, T, H, W] in [-1, 1] with T = 1 + 4k encodes to latents [B, C, 1 + k, H/s, W/s]: the first frame alone
 makes latent frame 0, every further 4 frames make one latent frame. Latents are the posterior mean, normalised per
@@ -15,8 +16,9 @@ channel as DreamZero/Wan do: (mu - mean) * (1 / std).
 Streaming (closed loop): the encoder is causal, and both Wan and diffusers encode a clip chunk by chunk (1 frame, then
 4 frames at a time) while carrying a cache of the last input frames of every causal convolution. `encode_incremental`
 keeps that cache across calls, so feeding a trajectory in pieces gives bit for bit the latents the whole-video
-`encode` gives (tests/model_core/test_vae.py checks it; the cache holds 2 frames of activations per causal conv). `encode_block` is what the DreamZero release does instead on every
-later control call: a fresh encode of [first frame repeated, new frames], dropping the first latent.
+`encode` gives (tests/model_core/test_vae.py checks it; the cache holds 2 frames of activations per causal conv).
+`encode_block` is what the DreamZero release does instead on every later control call: a fresh encode of
+[first frame repeated, new frames], dropping the first latent.
 
 Departures from the release: the release encodes with DiffSynth-style spatial tiling (tiles of 34x34 latents, stride
 18x16, blended); this module encodes untiled (exact, more memory). Checkpoints load through `wan_to_diffusers_keys`
@@ -24,7 +26,6 @@ from the original Wan key layout (`encoder.conv1`, `encoder.downsamples.*`, `con
 """
 from __future__ import annotations
 
-import logging
 import re
 import zipfile
 from collections.abc import Mapping
@@ -37,8 +38,6 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, pa
 from torch import nn
 
 from model_core.errors import CheckpointError, ConfigError, InputError
-
-log = logging.getLogger(__name__)
 
 # Per-channel latent statistics, from Wan2.1 `wan/modules/vae.py` and Wan2.2 `wan/modules/vae2_2.py`.
 WAN21_LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -85,18 +84,17 @@ def _variant_config(variant: str, tiny: bool) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a flat state dict from `.safetensors` or a torch `.pth` (zip format memory-mapped; legacy tar format
-    needs full unpickling, which is only done for such files and logged)."""
+    """Read a flat name -> tensor dict from `.safetensors` or a torch `.pth` (never unpickling code: weights_only;
+    zip-format files are memory-mapped, pre-1.6 pickle files read whole)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(path))
-    if zipfile.is_zipfile(path):
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    else:
-        log.warning("%s is in torch's legacy (pre-1.6) format; unpickling it without weights_only", path)
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        if path.suffix == ".safetensors":
+            return safetensors.torch.load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # truncated files, foreign formats, pickles that need code
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from err
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {str(path)!r} is not a flat name -> tensor state dict")
     return dict(state)
@@ -104,7 +102,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def check_state_dict(found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str,
                      ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Raise one CheckpointError if `found` lacks, adds (outside `ignore_prefixes`) or mis-shapes a tensor of `expected`.
+    """Raise one CheckpointError if `found` lacks, adds (outside `ignore_prefixes`) or mis-shapes an `expected` tensor.
 
     Keys are the checkpoint's own (original) names, so the message points at what is in the file.
     """

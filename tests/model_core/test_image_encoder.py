@@ -12,8 +12,8 @@ STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
 def wan_clip_visual_layout(width, blocks, patch, tokens, mlp):
-    """Wan `XLMRobertaCLIP.visual` tensors (pool 'token', pre_norm => patch conv without bias), from wan/modules/clip.py;
-    without the head, which the encoder does not use."""
+    """Wan `XLMRobertaCLIP.visual` tensors (pool 'token'; pre_norm => patch conv without bias), from
+    wan/modules/clip.py; without the head, which the encoder does not use."""
     d = {"visual.patch_embedding.weight": (width, 3, patch, patch), "visual.cls_embedding": (1, 1, width),
          "visual.pos_embedding": (1, tokens, width)}
     for norm in ("pre_norm", "post_norm"):

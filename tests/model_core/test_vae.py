@@ -1,5 +1,6 @@
 """Wan VAEs (model_core/vae.py): original checkpoint layout, loading, shapes, streaming encode."""
 import pytest
+import safetensors.torch
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
@@ -132,13 +133,15 @@ def test_wan21_converter_agrees_with_diffusers_single_file_converter():
     assert all(theirs[k] is original[names[k]] for k in names)
 
 
-@pytest.mark.parametrize("variant,suffix", [("wan21", ".pth"), ("wan22", ".safetensors")])
-def test_checkpoint_in_original_layout_reloads_identically(variant, suffix, tmp_path):
-    import safetensors.torch
+@pytest.mark.parametrize("variant,fmt", [("wan21", "zip"), ("wan21", "legacy"), ("wan22", "safetensors")])
+def test_checkpoint_in_original_layout_reloads_identically(variant, fmt, tmp_path):
     vae = WanVAE.tiny(variant)
-    path = tmp_path / f"vae{suffix}"
+    path = tmp_path / ("vae.safetensors" if fmt == "safetensors" else "vae.pth")
     state = {k: v.contiguous() for k, v in vae.original_state_dict().items()}
-    torch.save(state, path) if suffix == ".pth" else safetensors.torch.save_file(state, path)
+    if fmt == "safetensors":
+        safetensors.torch.save_file(state, path)
+    else:  # torch's zip format, or the pre-1.6 pickle format (read without mmap)
+        torch.save(state, path, _use_new_zipfile_serialization=fmt == "zip")
     loaded = WanVAE.from_pretrained(path, variant=variant, tiny=True)
     x = video(5)
     z = vae.encode(x)
@@ -164,6 +167,9 @@ def test_missing_tensor_unknown_variant_and_missing_file_are_clear_errors(tmp_pa
         WanVAE.tiny("wan3")
     with pytest.raises(CheckpointError, match="does not exist"):
         WanVAE.from_pretrained(tmp_path / "nope.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        WanVAE.from_pretrained(tmp_path / "garbage.pth")
 
 
 # --- shapes -----------------------------------------------------------------------------------------------------
