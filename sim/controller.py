@@ -6,9 +6,10 @@ raises `TrajectoryRejected` with one message and the caller holds the arm. An ac
 one (ROS 2 Jazzy semantics) and starts from the current setpoint at the time it is received.
 
 Between points the controller interpolates linearly (positions only) or with cubic Hermite splines (positions and
-velocities), as joint_trajectory_controller does. Every physics step the setpoint moves towards the interpolated
-target by at most `max_velocity * dt` and stays inside the position limits, so a jumpy command is slowed down, never
-executed past the limits. After the last point it holds the last position.
+velocities), as joint_trajectory_controller does. Every physics step the setpoint follows the interpolated target
+within the joint's velocity and acceleration limits, slowing down early enough to stop at a position limit, and never
+leaves the limits: a jumpy command is smoothed and slowed down, never executed past the limits. After the last point
+it holds the last position; a rejected command makes it stop as fast as the acceleration limit allows.
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ class TrajectoryController:
     """
 
     def __init__(self, name: str, joint_names: tuple[str, ...], lower: np.ndarray, upper: np.ndarray,
-                 max_velocity: np.ndarray):
+                 max_velocity: np.ndarray, max_acceleration: np.ndarray):
         self.name = name
         self.joint_names = tuple(joint_names)
         self.lower = np.asarray(lower, dtype=np.float64)  # [J]
         self.upper = np.asarray(upper, dtype=np.float64)  # [J]
         self.max_velocity = np.asarray(max_velocity, dtype=np.float64)  # [J]
+        self.max_acceleration = np.asarray(max_acceleration, dtype=np.float64)  # [J]
         self.setpoint = np.zeros(len(self.joint_names))  # [J]
         self.setpoint_velocity = np.zeros(len(self.joint_names))  # [J]
         self._segment: _Spline | None = None
@@ -61,9 +63,10 @@ class TrajectoryController:
         return self._segment is not None and self._elapsed_s < self._segment.times[-1]
 
     def hold(self) -> None:
-        """Drop the running trajectory and hold the current setpoint."""
-        self._segment = None
-        self.setpoint_velocity = np.zeros_like(self.setpoint)
+        """Drop the running trajectory and stop as fast as the acceleration limit allows, then hold."""
+        stop = self.setpoint + self.setpoint_velocity * np.abs(self.setpoint_velocity) / (2 * self.max_acceleration)
+        self._segment = _Spline(np.zeros(1), np.clip(stop, self.lower, self.upper)[None], None)
+        self._elapsed_s = 0.0
 
     def validate(self, traj: JointTrajectory) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Check `traj` and return (times_s [T], positions [T, J], velocities [T, J] or None) in this controller's
@@ -144,15 +147,32 @@ class TrajectoryController:
             return self.setpoint
         self._elapsed_s += dt_s
         target = self._segment(self._elapsed_s)
-        max_step = self.max_velocity * dt_s
-        new = np.clip(self.setpoint + np.clip(target - self.setpoint, -max_step, max_step), self.lower, self.upper)
+        target_velocity = (target - self._segment(self._elapsed_s - dt_s)) / dt_s
+        # Follow the target's velocity and close the remaining error as fast as braking to it allows ...
+        error = target - self.setpoint
+        closing = np.sign(error) * np.minimum(self._stopping_speed(np.abs(error), dt_s), np.abs(error) / dt_s)
+        # ... never faster than the speed limit, nor than what still stops before a position limit ...
+        room_up, room_down = np.maximum(self.upper - self.setpoint, 0.0), np.maximum(self.setpoint - self.lower, 0.0)
+        velocity = np.clip(target_velocity + closing,
+                           -np.minimum(self.max_velocity, self._stopping_speed(room_down, dt_s)),
+                           np.minimum(self.max_velocity, self._stopping_speed(room_up, dt_s)))
+        # ... and within the acceleration limit of the current velocity.
+        velocity = np.clip(velocity, self.setpoint_velocity - self.max_acceleration * dt_s,
+                           self.setpoint_velocity + self.max_acceleration * dt_s)
+        new = np.clip(self.setpoint + velocity * dt_s, self.lower, self.upper)
         self.setpoint_velocity = (new - self.setpoint) / dt_s
         self.setpoint = new
         return self.setpoint
 
 
+    def _stopping_speed(self, distance: np.ndarray, dt_s: float) -> np.ndarray:
+        """The highest speed [J] from which steps of `dt_s` decelerating at the limit stop within `distance` [J]."""
+        step = self.max_acceleration * dt_s
+        return step * (np.sqrt(0.25 + 2.0 * distance / (step * dt_s)) - 0.5)
+
+
 class _Spline:
-    """Piecewise linear (no velocities) or cubic Hermite interpolation through knots; holds the last knot."""
+    """Piecewise linear (no velocities) or cubic Hermite interpolation through knots; holds the end knots."""
 
     def __init__(self, times: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None):
         self.times = times  # [K] seconds, K = T + 1 (the start state is knot 0)
@@ -162,6 +182,8 @@ class _Spline:
     def __call__(self, t: float) -> np.ndarray:
         if t >= self.times[-1]:
             return self.positions[-1]
+        if t <= self.times[0]:
+            return self.positions[0]
         k = int(np.searchsorted(self.times, t, side="right")) - 1
         h = self.times[k + 1] - self.times[k]
         s = (t - self.times[k]) / h

@@ -88,9 +88,10 @@ class FrankaSimEnv:
         self.client = BulletClient(connection_mode=pybullet.DIRECT)
         self.controllers = {
             ARM_CONTROLLER: TrajectoryController(ARM_CONTROLLER, robot.ARM_JOINTS, robot.ARM_LOWER, robot.ARM_UPPER,
-                                                 robot.ARM_MAX_VELOCITY),
+                                                 robot.ARM_MAX_VELOCITY, robot.ARM_MAX_ACCELERATION),
             GRIPPER_CONTROLLER: TrajectoryController(GRIPPER_CONTROLLER, robot.FINGER_JOINTS[:1], [0.0],
-                                                     [robot.FINGER_OPEN_M], [robot.FINGER_MAX_VELOCITY]),
+                                                     [robot.FINGER_OPEN_M], [robot.FINGER_MAX_VELOCITY],
+                                                     [robot.FINGER_MAX_ACCELERATION]),
         }
         self.task: Task | None = None
         self.step_count = 0
@@ -107,11 +108,14 @@ class FrankaSimEnv:
         c.setGravity(0.0, 0.0, -9.81)
         c.setAdditionalSearchPath(pybullet_data.getDataPath())
         c.loadURDF("plane.urdf")
-        self.robot_id = c.loadURDF("franka_panda/panda.urdf", useFixedBase=True, flags=c.URDF_USE_INERTIA_FROM_FILE)
+        self.robot_id = c.loadURDF("franka_panda/panda.urdf", useFixedBase=True)
         joint_index = {c.getJointInfo(self.robot_id, j)[1].decode(): j for j in range(c.getNumJoints(self.robot_id))}
         link_index = {c.getJointInfo(self.robot_id, j)[12].decode(): j for j in range(c.getNumJoints(self.robot_id))}
         self.joint_indices = [joint_index[robot.URDF_JOINT[n]] for n in robot.JOINT_NAMES]  # [9]
         self.hand_link, self.tcp_link = link_index[robot.HAND_LINK], link_index[robot.TCP_LINK]
+        for index, lower, upper in zip(self.joint_indices, robot.ARM_LOWER, robot.ARM_UPPER):
+            # The FR3's limits become the physics engine's hard joint limits (the Panda URDF's are wider).
+            c.changeDynamics(self.robot_id, index, jointLowerLimit=float(lower), jointUpperLimit=float(upper))
         for finger in self.joint_indices[7:]:
             c.changeDynamics(self.robot_id, finger, lateralFriction=1.5)
         start = np.concatenate([robot.HOME, [robot.FINGER_OPEN_M] * 2])  # [9]

@@ -27,10 +27,13 @@ ARM_LOWER = np.array([-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.01
 ARM_UPPER = np.array([2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159])
 ARM_MAX_VELOCITY = np.array([2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26])
 ARM_MAX_EFFORT = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])  # N m, Panda URDF
+# rad/s^2: Franka's published joint acceleration limits (the controller's setpoints respect them).
+ARM_MAX_ACCELERATION = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
 
 FINGER_OPEN_M = 0.04  # each finger travels 0 (closed) .. 0.04 m (open)
 FINGER_MAX_VELOCITY = 0.2  # m/s, Panda URDF
 FINGER_MAX_EFFORT = 20.0  # N, Panda URDF
+FINGER_MAX_ACCELERATION = 10.0  # m/s^2, no published value; high enough not to slow the gripper noticeably
 
 HOME = np.array([0.0, -math.pi / 5, 0.0, -4 * math.pi / 5, 0.0, 3 * math.pi / 5, 0.0])  # DROID reset pose [7]
 
