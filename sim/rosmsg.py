@@ -30,6 +30,8 @@ JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 TRAJECTORY_TYPE = "trajectory_msgs/msg/JointTrajectory"
 STRING_TYPE = "std_msgs/msg/String"
+CLOCK = "/clock"
+CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 
 
 def camera_topic(camera: str) -> str:
@@ -101,6 +103,10 @@ def trajectory_from_msg(msg) -> JointTrajectory:
         time_from_start_ns=np.array([stamp_to_ns(p.time_from_start) for p in msg.points], dtype=np.int64),
         positions=[np.asarray(p.positions, dtype=np.float64) for p in msg.points],
         velocities=[np.asarray(p.velocities, dtype=np.float64) for p in msg.points] if has_velocities else None)
+
+
+def clock_msg(stamp_ns: int):
+    return _cls(CLOCK_TYPE)(clock=_time(stamp_ns))
 
 
 def string_msg(text: str):
