@@ -55,7 +55,10 @@ def chunk_to_trajectories(positions: np.ndarray, dt: float) -> tuple[JointTrajec
 
     Gripper values outside [0, 1] map outside the finger's limits, so the controller rejects them.
     """
-    positions = np.asarray(positions, dtype=np.float64)
+    try:
+        positions = np.asarray(positions, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TrajectoryRejected("chunk is not a numeric (T, 8) array: 7 arm joints + gripper") from None
     if positions.ndim != 2 or positions.shape[1] != 8:
         raise TrajectoryRejected(f"chunk has shape {positions.shape}, expected (T, 8): 7 arm joints + gripper")
     times = np.round(np.arange(1, len(positions) + 1) * dt * 1e9).astype(np.int64)  # [T]
@@ -101,7 +104,10 @@ class FrankaSimEnv:
     # ---------------------------------------------------------------- episode
     def reset(self, seed: int | None = None, render: bool = True) -> SimObservation:
         """Rebuild the world for a new episode (seed None: the next seed after the last one) and observe it."""
-        self.seed = self.seed + 1 if seed is None and self.task is not None else (self.seed if seed is None else seed)
+        if seed is not None:
+            self.seed = seed
+        elif self.task is not None:
+            self.seed += 1
         c = self.client
         c.resetSimulation()
         c.setPhysicsEngineParameter(fixedTimeStep=1.0 / self.PHYSICS_HZ, deterministicOverlappingPairs=1)
@@ -161,7 +167,8 @@ class FrankaSimEnv:
         try:
             self.controllers[controller].command(traj)
         except TrajectoryRejected as error:
-            self._reject(error)
+            self._count_rejection(error)
+            raise
 
     def send_chunk(self, positions: np.ndarray, dt: float = 1.0 / CONTROL_HZ) -> None:
         """Command a chunk [T, 8] (absolute arm targets + gripper [0, 1]), both controllers or neither."""
@@ -170,16 +177,17 @@ class FrankaSimEnv:
             checked = [(self.controllers[ARM_CONTROLLER], self.controllers[ARM_CONTROLLER].validate(arm)),
                        (self.controllers[GRIPPER_CONTROLLER], self.controllers[GRIPPER_CONTROLLER].validate(gripper))]
         except TrajectoryRejected as error:
-            self._reject(error)
+            self._count_rejection(error)
+            raise
         for controller, validated in checked:
             controller.start(*validated)
 
-    def _reject(self, error: TrajectoryRejected):
+    def _count_rejection(self, error: TrajectoryRejected) -> None:
+        """Hold both controllers and count the rejection (the caller re-raises)."""
         for controller in self.controllers.values():
             controller.hold()
         self.rejected_count += 1
         self.last_rejection = str(error)
-        raise error
 
     def step(self, n: int = 1) -> None:
         """Advance physics by n steps of 1/240 s; the controllers update before each step."""

@@ -20,9 +20,9 @@ from pybullet_utils.bullet_client import BulletClient
 
 from sim import robot
 from sim.env import FrankaSimEnv, SimObservation
+from sim.rollout import CHUNK_LEN
 from sim.tasks import CUBE_SIZE
 
-CHUNK_LEN = 24  # actions per chunk, as the model predicts (1.6 s at 15 Hz)
 IK_MARGIN = 1e-3  # rad kept from each joint limit, so expert chunks are never rejected
 
 

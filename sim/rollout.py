@@ -18,7 +18,7 @@ import numpy as np
 from sim.controller import TrajectoryRejected
 from sim.env import FrankaSimEnv, SimObservation
 
-CHUNK_LEN = 24  # control steps a rejected chunk is held for when its own length is unknown
+CHUNK_LEN = 24  # the model's chunk: 24 control steps = 1.6 s at 15 Hz (DROID)
 
 
 class Policy(Protocol):

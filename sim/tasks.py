@@ -116,7 +116,8 @@ class PushTask(Task):
             self.cube_xy = np.array([rng.uniform(0.42, 0.58), rng.uniform(-0.15, 0.15)])
             angle, distance = rng.uniform(-math.pi, math.pi), rng.uniform(0.12, 0.18)
             self.goal_xy = self.cube_xy + distance * np.array([math.cos(angle), math.sin(angle)])
-            if WORKSPACE_X[0] <= self.goal_xy[0] <= WORKSPACE_X[1] and WORKSPACE_Y[0] <= self.goal_xy[1] <= WORKSPACE_Y[1]:
+            x, y = self.goal_xy
+            if WORKSPACE_X[0] <= x <= WORKSPACE_X[1] and WORKSPACE_Y[0] <= y <= WORKSPACE_Y[1]:
                 break
         self.cube_yaw = rng.uniform(-math.pi / 4, math.pi / 4)
         self.instruction = f"push the {self.cube_colour} cube onto the {self.goal_colour} square"

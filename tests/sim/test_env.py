@@ -125,6 +125,7 @@ def test_joint_limits_are_never_exceeded(env):
     ("beyond_limit", "fr3_joint1 at point 3 is 3.0000, outside its limits"),
     ("gripper_out_of_range", "fr3_finger_joint1 at point 0 is -0.0040, outside its limits [0.0000, 0.0400]"),
     ("wrong_shape", "chunk has shape (24, 7), expected (T, 8)"),
+    ("ragged", "chunk is not a numeric (T, 8) array"),
 ])
 def test_bad_chunk_is_rejected_counted_and_the_arm_holds(env, case, message):
     env.reset(0, render=False)
@@ -136,8 +137,10 @@ def test_bad_chunk_is_rejected_counted_and_the_arm_holds(env, case, message):
         chunk[3, 0] = 3.0
     elif case == "gripper_out_of_range":
         chunk[:, 7] = 1.1
-    else:
+    elif case == "wrong_shape":
         chunk = chunk[:, :7]
+    else:
+        chunk = [list(row) for row in chunk[:-1]] + [list(chunk[-1, :5])]
     before = env.observe(render=False).joint_positions
     with pytest.raises(TrajectoryRejected) as error:
         env.execute_chunk(chunk)

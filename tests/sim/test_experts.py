@@ -4,8 +4,8 @@ import pytest
 
 from sim import robot
 from sim.env import FrankaSimEnv
-from sim.experts import CHUNK_LEN, grasp_yaw, make_expert, push_yaw
-from sim.rollout import run_episode
+from sim.experts import grasp_yaw, make_expert, push_yaw
+from sim.rollout import CHUNK_LEN, run_episode
 
 SEEDS = range(20)
 
