@@ -120,6 +120,11 @@ class PolicyNode:
         self._observation_subs: list = []
         self._graveyard: list = []  # entities destroyed on the next status tick (never inside a callback)
         self._inputs: Counter = Counter()
+        # Newest accepted stamp per stream and the newest joint state, for the watchdog and holds. Kept here, not
+        # read from the block buffer, whose episode reset forgets its data (the watchdog must not see that as a
+        # silent camera).
+        self._stamps: dict[str, int] = {}
+        self._latest_joints = None
         self._chunks_published = 0
         self._configure_errors = 0
         self._last_error = ""
@@ -265,8 +270,9 @@ class PolicyNode:
         self.session = Session(model, self.buffer, on_chunk=self._on_chunk, latency=self.latency, logger=self.log,
                                log_period_s=config.log_period_s)
         streaming = emb.controller.interface in STREAMING_INTERFACES
+        self._stamps, self._latest_joints = {}, None
         self.commander = Commander(emb, ChunkBroker(emb.dt_ns, config.crossfade_steps), self.safety,
-                                   current=self.buffer.latest_joints, stream_stamps=self.buffer.last_stamps,
+                                   current=lambda: self._latest_joints, stream_stamps=lambda: dict(self._stamps),
                                    send=self._send_command, now_ns=self.mw.now_ns, streaming=streaming,
                                    on_hold=self._on_hold, latency=self.latency, logger=self.log,
                                    log_period_s=config.log_period_s)
@@ -302,6 +308,7 @@ class PolicyNode:
                 self._graveyard.append(self._chunk_pub)
         self._observation_subs, self._controller_pubs, self._chunk_pub = [], [], None
         self.buffer = self.session = self.commander = self.safety = None
+        self._stamps, self._latest_joints = {}, None
         release_model(self.model)
         self.model = None
 
@@ -314,27 +321,21 @@ class PolicyNode:
     def _on_image(self, camera: str, msg) -> None:
         from dreamzero_policy.observation import CameraFrame, decode_image
 
-        buffer = self.buffer
-        if buffer is None:
-            return
-        self._observe(f"camera {camera}", lambda: buffer.add_frame(CameraFrame(
+        self._observe(f"camera {camera}", lambda: CameraFrame(
             camera, msgs.time_to_ns(msg.header.stamp),
-            decode_image(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data))))
+            decode_image(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)))
 
     def _on_compressed(self, camera: str, msg) -> None:
         from dreamzero_policy.observation import CameraFrame, decode_compressed
 
-        buffer = self.buffer
-        if buffer is None:
-            return
-        self._observe(f"camera {camera}", lambda: buffer.add_frame(CameraFrame(
-            camera, msgs.time_to_ns(msg.header.stamp), decode_compressed(msg.format, msg.data))))
+        self._observe(f"camera {camera}", lambda: CameraFrame(
+            camera, msgs.time_to_ns(msg.header.stamp), decode_compressed(msg.format, msg.data)))
 
     def _on_joint_state(self, msg) -> None:
         from dreamzero_policy.observation import joint_observation
 
-        buffer, emb = self.buffer, self.embodiment
-        if buffer is None:
+        emb = self.embodiment
+        if emb is None:
             return
         names = list(msg.name)
         if names != emb.joint_names + emb.gripper_joints:
@@ -342,13 +343,24 @@ class PolicyNode:
                 self.log.info("joint states: %d names in another order or with extra joints; mapped by name to %s",
                               len(names), emb.joint_names + emb.gripper_joints)
             self._inputs["joint_states_remapped"] += 1
-        self._observe("joint states", lambda: buffer.add_joints(joint_observation(
-            names, msg.position, msg.velocity, msgs.time_to_ns(msg.header.stamp), emb)))
+        self._observe("joint states", lambda: joint_observation(
+            names, msg.position, msg.velocity, msgs.time_to_ns(msg.header.stamp), emb))
 
-    def _observe(self, source: str, add: Callable[[], None]) -> None:
-        """Run one observation through decoding and the block buffer; count and log what is refused."""
+    def _observe(self, source: str, decode: Callable[[], Any]) -> None:
+        """Decode one observation and add it to the block buffer; count and log what is refused."""
+        from dreamzero_policy.observation import JOINT_STATES, CameraFrame
+
+        buffer = self.buffer
+        if buffer is None:
+            return
         try:
-            add()
+            observation = decode()
+            if isinstance(observation, CameraFrame):
+                buffer.add_frame(observation)
+                self._stamps[observation.camera] = observation.stamp_ns
+            else:
+                buffer.add_joints(observation)
+                self._stamps[JOINT_STATES], self._latest_joints = observation.stamp_ns, observation
             return
         except Exception as e:
             error = e
@@ -360,8 +372,8 @@ class PolicyNode:
         else:
             detail = str(error)
         self._inputs[kind] += 1
-        self._rate_log(f"{kind}:{source}", logging.WARNING, "%s dropped (%s): %s", source, kind.replace("_", " "),
-                       detail)
+        key = f"{kind}:{source}:{getattr(error, 'field', type(error).__name__)}"  # one line per problem and source
+        self._rate_log(key, logging.WARNING, "%s dropped (%s): %s", source, kind.replace("_", " "), detail)
 
     # ================================================= instruction and reset =======================================
     def _set_instruction(self, text: str, force_reset: bool) -> tuple[bool, str]:
@@ -726,8 +738,8 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
     own, ros = split_ros_args(argv)
     parser = argparse.ArgumentParser(prog="dreamzero-policy", description=(
         "DreamZero policy node. Every parameter is also a flag (--num-steps 4); --params-file reads a ROS 2 "
-        "parameter YAML (e.g. config/franka_droid.params.yaml). Precedence: defaults < parameter files < "
-        "--ros-args -p < flags."))
+        "parameter YAML (e.g. config/franka_droid.params.yaml). Precedence: defaults < parameter files "
+        "(--params-file, then --ros-args --params-file) < --ros-args -p < flags."))
     parser.add_argument("--params-file", action="append", default=[], help="ROS 2 parameter YAML file")
     parser.add_argument("--autostart", action=argparse.BooleanOptionalAction, default=None,
                         help="configure and activate at start (default: yes on the dds backend, no on rclpy where "
@@ -746,17 +758,15 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
     options.namespace = options.namespace or remaps.get("__ns") or "/"
     options.flag_values = {spec.name: params.parse_text_value(spec.name, getattr(options, f"param_{spec.name}"))
                            for spec in params.PARAMS if getattr(options, f"param_{spec.name}") is not None}
-    own_values: dict[str, Any] = {}  # what rclpy does not read by itself: --params-file flags, then flags
-    for path in options.params_file:
-        own_values.update(params.load_params_file(path, options.node_name, options.namespace))
-    own_values.update(options.flag_values)
     values: dict[str, Any] = {}
-    for path in files:
+    for path in options.params_file + files:
         values.update(params.load_params_file(path, options.node_name, options.namespace))
     values.update(ros_values)
-    values.update(own_values)
-    options.values, options.own_values = values, own_values
-    options.ros_args = ros
+    values.update(options.flag_values)
+    options.values = values
+    # rclpy reads parameter files and -p itself: --params-file flags go first into its ROS arguments, and the
+    # flags become parameter overrides (which win, as they do here).
+    options.ros_args = [arg for path in options.params_file for arg in ("--params-file", path)] + list(ros)
     middleware = values.get("middleware", "auto")
     options.middleware = ("rclpy" if rclpy_available() else "dds") if middleware == "auto" else middleware
     if options.autostart is None:
@@ -789,8 +799,8 @@ def run_rclpy(options: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=["dreamzero-policy", "--ros-args", *options.ros_args] if options.ros_args else None)
-    node = _ros_node_class()(options.node_name, options.namespace, options.own_values)
+    rclpy.init(args=["dreamzero-policy", "--ros-args", *options.ros_args] if options.ros_args else ["dreamzero-policy"])
+    node = _ros_node_class()(options.node_name, options.namespace, options.flag_values)
     try:
         if options.autostart:
             node.trigger_configure()

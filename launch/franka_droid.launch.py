@@ -57,11 +57,10 @@ def generate_launch_description() -> LaunchDescription:
     node = LifecycleNode(package=PACKAGE, executable="policy_node", name=PACKAGE,
                          namespace=LaunchConfiguration("namespace"), parameters=parameters, output="screen",
                          condition=UnlessCondition(use_dds))
+    autostart_flag = PythonExpression(["'--autostart' if '", autostart, "' == 'true' else '--no-autostart'"])
     dds_node = Node(package=PACKAGE, executable="policy_node", name=PACKAGE,
                     namespace=LaunchConfiguration("namespace"), parameters=parameters, output="screen",
-                    arguments=["--middleware", "dds",
-                               PythonExpression(["'--autostart' if '", autostart, "' == 'true' else '--no-autostart'"])],
-                    condition=IfCondition(use_dds))
+                    arguments=["--middleware", "dds", autostart_flag], condition=IfCondition(use_dds))
     drive = IfCondition(PythonExpression(["'", autostart, "' == 'true' and '", middleware, "' != 'dds'"]))
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                             transition_id=Transition.TRANSITION_CONFIGURE), condition=drive)

@@ -118,7 +118,7 @@ class Robot:
             names, positions = self.names + [EXTRA_JOINT], np.concatenate([position, [0.02]])
         stamp = stamp_ns or now
         self.joint_pub.publish(self.JointState(header=msgs.header(stamp), name=list(names),
-                                               position=np.asarray(positions, np.float64),
+                                               position=np.ascontiguousarray(positions, np.float64),
                                                velocity=np.zeros(0), effort=np.zeros(0)))
         if stamp_ns is None:
             self.last_joint_stamp = stamp

@@ -16,7 +16,7 @@ from dreamzero_policy.observation import JOINT_STATES, JointObservation
 from dreamzero_policy.params import PolicyConfig
 from dreamzero_policy.safety import SafetyFilter
 from dreamzero_policy.session import Commander, LatencyStats, Session, load_model, warm_up
-from nodetest_util import feed_sets, wait_until
+from nodetest_util import feed_sets
 
 FRANKA = load_embodiment("franka_droid")
 T0 = 1_000_000_000_000
@@ -171,7 +171,7 @@ def test_worker_thread_hands_chunks_on(session):
     assert got[0].reset_reason == "instruction changed" and not session.running
 
 
-# --- the commander -----------------------------------------------------------------------------------------------------
+# --- the commander ---------------------------------------------------------------------------------------------------
 
 class Clock:
     def __init__(self, t: int):
