@@ -310,7 +310,7 @@ class PolicyNode:
         self.buffer = self.session = self.commander = self.safety = None
         self._stamps, self._latest_joints = {}, None
         release_model(self.model)
-        self.model = None
+        self.model = self.embodiment = self.config = None
 
     def _set_state(self, label: str) -> None:
         assert label in LIFECYCLE_STATES, label
@@ -452,7 +452,8 @@ class PolicyNode:
             columns = [names.index(j) for j in ctrl.joints]
             if cmd.gripper is None and all(c >= n_arm for c in columns):
                 continue  # a hold sends nothing to a gripper-only controller
-            positions, speeds = targets[:, columns], velocities[:, columns]
+            positions = np.ascontiguousarray(targets[:, columns])  # [M, K] C order: rows go on the wire
+            speeds = np.ascontiguousarray(velocities[:, columns])
             if ctrl.interface == "joint_trajectory":
                 pub.publish(joint_trajectory_msg(ctrl.joints, positions, speeds, cmd.dt_ns,
                                                  0 if cmd.held else cmd.start_ns))
@@ -528,7 +529,7 @@ class PolicyNode:
             header=msgs.header(self.mw.now_ns()), lifecycle_state=self.state, instruction=self._instruction,
             chunks_published=self._chunks_published, **fields, latency_p50=p50, latency_p90=p90, latency_p99=p99,
             model_name=model.model_name if model else "", checkpoint=model.checkpoint_path if model else "",
-            embodiment=self.embodiment.name if self.embodiment is not None and model else "",
+            embodiment=self.embodiment.name if self.embodiment is not None else "",
             device=model.device if model else "")
 
     def _publish_status(self) -> None:
@@ -818,9 +819,16 @@ def run_rclpy(options: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = parse_command_line(sys.argv[1:] if argv is None else argv)
+    try:
+        options = parse_command_line(sys.argv[1:] if argv is None else argv)
+    except DreamZeroError as e:
+        print(f"dreamzero-policy: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=options.log_level.upper(), stream=sys.stderr,
                         format="[%(levelname)s] [%(asctime)s] [%(name)s]: %(message)s")
+    if options.middleware == "rclpy" and not rclpy_available():
+        _log.error("middleware rclpy needs a sourced ROS 2 install (import rclpy fails); use --middleware dds")
+        return 2
     return run_rclpy(options) if options.middleware == "rclpy" else run_dds(options)
 
 

@@ -31,6 +31,7 @@ NODE_NAME = "dreamzero_policy"
 DEFAULT_INSTRUCTION_TOPIC = "/dreamzero/instruction"
 # Parameters every rclpy node declares by itself; accepted in parameter files, never declared by us.
 ROS_BUILTIN_PARAMS = frozenset({"use_sim_time"})
+_KIND = {bool: "a bool", int: "an int", float: "a float", str: "a string"}
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,14 @@ class ParamSpec:
 
     @property
     def rule(self) -> str:
+        kind = _KIND[self.type]
         if self.choices:
             return f"one of {list(self.choices)}"
         if self.low is not None or self.high is not None:
-            return f"a {self.type.__name__} in [{self.low}, {self.high}]"
+            return f"{kind} in [{self.low}, {self.high}]"
         if self.pattern:
-            return f"a string matching {self.pattern!r}"
-        return f"a {self.type.__name__}"
+            return f"{kind} matching {self.pattern!r}"
+        return kind
 
 
 PARAMS: tuple[ParamSpec, ...] = (
@@ -135,7 +137,7 @@ def check_value(name: str, value: Any) -> Any:
             spec.type is not bool and (not isinstance(value, spec.type) or isinstance(value, bool)):
         raise ConfigError(f"parameter {name}", spec.rule, f"{value!r} ({type(value).__name__})")
     if spec.type is float and not math.isfinite(value):
-        raise ConfigError(f"parameter {name}", f"a finite {spec.rule}", value)
+        raise ConfigError(f"parameter {name}", f"a finite value, {spec.rule}", value)
     if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
         raise ConfigError(f"parameter {name}", spec.rule, value)
     if spec.choices and value not in spec.choices:

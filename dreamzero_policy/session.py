@@ -329,14 +329,14 @@ class Session:
         return self._step(block, epoch, prompt, instruction, handed)
 
     def _count_skips(self) -> None:
+        """Frame sets the block buffer dropped (overtaken while the model ran), in whole blocks."""
         dropped = self.buffer.stats()["dropped_sets"]
-        new, self._dropped_sets_seen = dropped - self._dropped_sets_seen, dropped
-        if new > 0:
-            fpb = self.model.frames_per_block
-            skipped = -(-new // fpb)
-            self._counts["blocks_skipped"] += skipped
+        skipped = dropped // self.model.frames_per_block
+        if dropped > self._dropped_sets_seen and skipped > self._counts["blocks_skipped"]:
             self._rate_log("skip", logging.WARNING, "session: inference is slower than blocks arrive; the newest "
-                           "block wins (%d frame set(s) = %d block(s) skipped)", new, skipped)
+                           "block wins (%d frame sets = %d blocks skipped so far)", dropped, skipped)
+        self._dropped_sets_seen = dropped
+        self._counts["blocks_skipped"] = skipped
 
     def _step(self, block: Block, epoch: int, prompt: str, instruction: str, handed: float) -> ChunkResult | None:
         emb, model, engine = self.embodiment, self.model, self.model.engine

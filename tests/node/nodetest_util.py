@@ -12,10 +12,31 @@ from pathlib import Path
 
 import numpy as np
 
+from dreamzero_policy.embodiment import load_embodiment
 from dreamzero_policy.observation import CameraFrame, JointObservation
 
 REPO = Path(__file__).resolve().parents[2]
 ROBOT = Path(__file__).resolve().parent / "robot.py"
+FRANKA_METADATA_KEY = "oxe_droid"
+
+
+def franka_statistics() -> dict:
+    """Plausible DROID-like q01/q99 statistics for the franka_droid state/action keys (arm 7 + gripper 1)."""
+    emb = load_embodiment("franka_droid")
+    lower, upper = emb.lower, emb.upper
+    q = lambda lo, hi: {"q01": [float(v) for v in lo], "q99": [float(v) for v in hi]}  # noqa: E731
+    return {
+        "state": {"joint_position": q(lower * 0.8, upper * 0.8), "gripper_position": q([0.0], [1.0])},
+        "action": {"joint_position": q([-0.3] * 7, [0.3] * 7), "gripper_position": q([0.0], [1.0])},
+    }
+
+
+def write_tiny_checkpoint(directory: Path, metadata: dict | None) -> Path:
+    from model_core.factory import save_bundle, tiny_components
+
+    dit, vae, text, image = tiny_components(seed=0)
+    save_bundle(directory, dit, vae, text, image, video_hw=(64, 128), metadata=metadata)
+    return directory
 
 
 def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05):

@@ -169,6 +169,9 @@ def test_node_keeps_up(system):
                                                                 "blocks_without_instruction"))
     assert 0 <= int(diag["block_buffer.blocks"]) - accounted <= 1, diag  # every block handed over is accounted for
     assert "latency.engine.denoise_ms" in diag and "latency.inference_ms" in diag
+    print("per stage: " + "; ".join(f"{k[8:-3]} {v}" for k, v in diag.items() if k.startswith("latency.")))
+    print(f"plan ran out (NO_TARGETS holds) {diag['safety.NO_TARGETS']} times in {diag['session.chunks']} chunks; "
+          f"blocks skipped {diag['session.blocks_skipped']}")
 
 
 def test_instruction_change_resets_the_session(system):

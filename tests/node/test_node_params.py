@@ -31,7 +31,7 @@ def test_defaults_validate_and_every_spec_is_consistent():
 def test_validate_names_the_rule_and_the_value():
     with pytest.raises(ConfigError, match=r"parameter 'num_stepz': expected one of \["):
         params.validate({"num_stepz": 3})
-    with pytest.raises(ConfigError, match=r"parameter num_steps: expected a int in \[0, 100\], got 101"):
+    with pytest.raises(ConfigError, match=r"parameter num_steps: expected an int in \[0, 100\], got 101"):
         params.validate({"num_steps": 101})
     with pytest.raises(ConfigError, match=r"parameter flash: expected a bool, got 1 \(int\)"):
         params.validate({"flash": 1})
@@ -86,6 +86,16 @@ def test_command_line_precedence_and_ros_arguments(tmp_path):
     assert parse_command_line(["--middleware", "dds", "--no-autostart"]).autostart is False
     with pytest.raises(ConfigError, match="parameter num_steps"):
         parse_command_line(["--num-steps", "four"])
+
+
+def test_main_refuses_bad_flags_and_rclpy_without_ros(capsys):
+    from dreamzero_policy.middleware import rclpy_available
+    from dreamzero_policy.node import main
+
+    assert main(["--num-steps", "four"]) == 2
+    assert "parameter num_steps: expected an int" in capsys.readouterr().err
+    if not rclpy_available():
+        assert main(["--middleware", "rclpy"]) == 2
 
 
 def test_split_and_parse_ros_args():
