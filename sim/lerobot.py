@@ -60,8 +60,9 @@ _TEXT = ("language_instruction",)
 
 
 def feature_stats(values: np.ndarray) -> dict:
-    """min/max/mean/std/q01/q99 over axis 0 of [N, ...] values (as lists) and the count N."""
+    """min/max/mean/std/q01/q99 over axis 0 of [N, ...] values (as lists; [N] counts as [N, 1]) and the count N."""
     values = np.asarray(values, dtype=np.float64)
+    values = values[:, None] if values.ndim == 1 else values
     return {"min": values.min(0).tolist(), "max": values.max(0).tolist(), "mean": values.mean(0).tolist(),
             "std": values.std(0).tolist(), "q01": np.quantile(values, 0.01, axis=0).tolist(),
             "q99": np.quantile(values, 0.99, axis=0).tolist(), "count": [int(len(values))]}

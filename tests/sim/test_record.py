@@ -13,6 +13,7 @@ from rosbags.rosbag2 import Reader
 from sim import lerobot, robot, rosmsg
 from sim.bags import read_chunks, read_custom_data, read_messages
 from sim.env import FrankaSimEnv
+from sim.evaluate import load_replays
 from sim.record import main as record_main
 from sim.record import record
 from sim.rollout import ReplayPolicy, run_episode
@@ -166,6 +167,8 @@ def test_lerobot_dataset_layout_and_metadata(dataset):
         assert len(stats[key]["q01"]) == len(stats[key]["q99"]) == 8
         assert np.all(np.array(stats[key]["q01"]) <= np.array(stats[key]["q99"]))
     assert np.array(stats["observation.images.wrist_left"]["mean"]).shape == (3, 1, 1)
+    assert stats["observation.state.gripper_position"]["q99"] == [pytest.approx(0.0, abs=1e-3)]  # shape [1]
+    assert stats["frame_index"]["max"] == [max(lengths) - 1]
     per_episode = [json.loads(line) for line in (root / "meta" / "episodes_stats.jsonl").read_text().splitlines()]
     assert [e["episode_index"] for e in per_episode] == [0, 1] and "q99" in per_episode[0]["stats"]["action"]
 
@@ -207,6 +210,9 @@ def test_lerobot_parquet_and_videos_read_back(dataset):
 
 def test_lerobot_actions_replay_to_the_same_outcome(dataset):
     root, summaries = dataset
+    replays = load_replays(root, "reach")
+    assert [seed for seed, _ in replays] == [3, 4]
+    assert [sum(len(c) for c in chunks) for _, chunks in replays] == [s["control_steps"] for s in summaries]
     actions = lerobot.episode_actions(root, 1)
     with FrankaSimEnv(task="reach", seed=0, cameras=()) as env:
         episode = run_episode(env, ReplayPolicy.from_actions(actions), summaries[1]["seed"])
