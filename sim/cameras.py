@@ -1,6 +1,6 @@
 """The DROID camera set: two fixed exterior cameras and one wrist camera on the hand, rendered by TinyRenderer.
 
-Rendering is the expensive part of the sim (~10 ms per 320x180 frame per camera here), so the env only renders
+Rendering is the expensive part of the sim (~28 ms per 320x180 frame per camera here), so the env only renders
 when an observation asks for images.
 """
 from __future__ import annotations

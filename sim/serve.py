@@ -6,7 +6,8 @@ Publishes the robot's topics (see sim.rosmsg): /joint_states at 30 Hz and /camer
 `--image-hz` (sensor-data QoS), /instruction (latched), /clock (rosgraph_msgs/Clock, at the joint-state rate) and
 /sim/task_info (std_msgs/String with the JSON of `env.task_info()`, latched, on reset and at 1 Hz).
 Subscribes /fr3_arm_controller/joint_trajectory and /fr3_gripper_controller/joint_trajectory (reliable); a new
-trajectory replaces the running one, a bad one is rejected with one log line, counted in task_info and the arm holds.
+trajectory replaces the running one and starts when the sim receives it (header.stamp is not used for delayed
+starts), a bad one is rejected with one log line, counted in task_info and the arm holds.
 Service /sim/reset (std_srvs/Trigger) starts the next episode (next seed); its message is the new instruction.
 
 Time: stamps are `wall clock at the episode's reset + sim time`. With `--realtime 1` the sim is paced to the wall
