@@ -27,6 +27,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/bench_model.py
+	$(BIN)/python bench/bench_runtime.py
+	$(BIN)/python bench/bench_middleware.py
+	$(BIN)/python bench/bench_sim.py --episodes 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info
