@@ -780,6 +780,8 @@ def run_dds(options: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if options.values.get("use_sim_time"):
+        _log.warning("use_sim_time is not supported on the dds backend: stamps are compared with the wall clock")
     mw = create_middleware("dds", node_name=options.node_name, namespace=options.namespace)
     node = None
     try:

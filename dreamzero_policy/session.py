@@ -153,6 +153,9 @@ def load_model(config: PolicyConfig, embodiment: Embodiment) -> LoadedModel:
     except (ModelCoreError, OSError, ValueError, KeyError) as e:
         raise ConfigError("checkpoint", "a loadable DreamZero checkpoint", str(path),
                           f"{type(e).__name__}: {e}") from e
+    # The Checkpoint still references the loaded tensors (on the CPU when the model went to a GPU): a second copy of
+    # the weights for as long as the node runs. Only metadata and config are needed from here on.
+    ckpt.state_dict = {}
     where = f"checkpoint {path} for embodiment {embodiment.name}"
     cfg = engine.dit.cfg
     try:
@@ -164,10 +167,7 @@ def load_model(config: PolicyConfig, embodiment: Embodiment) -> LoadedModel:
     if engine.action_horizon != embodiment.action_horizon:
         raise ConfigError(f"{where}: action_horizon", f"{engine.action_horizon} (the model's actions per chunk)",
                           embodiment.action_horizon)
-    try:
-        video = VideoTransform.from_embodiment(embodiment, engine.config.video_hw, config.view_hw)
-    except ValueError as e:
-        raise ConfigError(f"{where}: view_hw", "a view size that tiles the model frame", config.view_hw) from e
+    video = VideoTransform.from_embodiment(embodiment, engine.config.video_hw, config.view_hw)
     name = ckpt.extra.get("model_name") or ckpt.extra.get("_name_or_path") or f"dreamzero-{cfg.model_type}-" \
         f"{cfg.dim}x{cfg.num_layers}"
     return LoadedModel(engine, ckpt, normalizer, video, embodiment, device, str(path), str(name))
