@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dreamzero_policy.embodiment import Embodiment
-from dreamzero_policy.errors import ObservationError
+from dreamzero_policy.errors import ConfigError, ObservationError
 from dreamzero_policy.observation import JOINT_STATES, CameraFrame, JointObservation, StampOrder
 from dreamzero_policy.transforms import VideoTransform
 
@@ -184,3 +184,19 @@ def _around(items: deque, t: int) -> tuple:
             return item, after
         after = item
     return None, after
+
+
+def block_video_fps(embodiment: Embodiment, frames_per_block: int, lead_ms: float) -> float:
+    """Video rate at which a block closes `lead_ms` before the chunk computed from the previous block runs out.
+
+    One block normally spans one chunk (24 actions at 15 Hz = 1.6 s, 8 frames at 5 fps), so the next chunk can only
+    start once the current one has ended and the arm waits one inference latency. Sampling the block over
+    (chunk duration - lead) lets the next chunk arrive while the current one still runs; the model then sees video
+    slightly faster than its training rate. lead_ms = 0 keeps the training rate.
+    """
+    horizon_s = embodiment.action_horizon / embodiment.control_rate_hz
+    period_s = horizon_s - lead_ms / 1000.0
+    if lead_ms < 0 or period_s < 0.5 * horizon_s:
+        raise ConfigError("parameter block_lead_ms", f"0 .. {500 * horizon_s:.0f} ms (half the chunk duration)",
+                          lead_ms)
+    return frames_per_block / period_s

@@ -257,7 +257,7 @@ class PolicyNode:
                                   ctrl.interface, f"use the controller's {ctrl.name}/joint_trajectory topic")
 
     def _build_runtime(self) -> None:
-        from dreamzero_policy.block_buffer import BlockBuffer
+        from dreamzero_policy.block_buffer import BlockBuffer, block_video_fps
         from dreamzero_policy.execution import ChunkBroker
         from dreamzero_policy.safety import SafetyFilter
         from dreamzero_policy.session import Commander, LatencyStats, Session
@@ -265,7 +265,8 @@ class PolicyNode:
         emb, model, config = self.embodiment, self.model, self.config
         self.latency = LatencyStats()
         self.latency.record("warmup", model.warmup_s)
-        self.buffer = BlockBuffer(emb, model.video, model.frames_per_block)
+        self.buffer = BlockBuffer(emb, model.video, model.frames_per_block,
+                                  fps=block_video_fps(emb, model.frames_per_block, config.block_lead_ms))
         self.safety = SafetyFilter(emb, log_period_s=config.log_period_s, logger=self.log)
         self.session = Session(model, self.buffer, on_chunk=self._on_chunk, latency=self.latency, logger=self.log,
                                log_period_s=config.log_period_s)

@@ -108,6 +108,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "embodiment's.", low=0.0, high=60000.0),
     ParamSpec("inference_delay_ms", float, 0.0, "Chunks computed from observations older than this are refused "
               "(the arm holds); 0: the embodiment's. Must stay below the chunk duration.", low=0.0, high=60000.0),
+    ParamSpec("block_lead_ms", float, 300.0, "Close each block this long before the executing chunk runs out, so "
+              "the next chunk arrives in time (no pause at the seam): frames_per_block frames are sampled over "
+              "(chunk duration - lead), a slightly faster video rate than training (5 fps -> 6.2 fps at 300 ms). "
+              "Set it near the p90 inference latency; 0 keeps the training rate and pauses one latency per chunk.",
+              low=0.0, high=60000.0),
     ParamSpec("crossfade_steps", int, 4, "Actions over which a new chunk fades in from the executing one.",
               low=0, high=64),
     # --- reporting ---------------------------------------------------------------------------------------------
@@ -180,6 +185,7 @@ class PolicyConfig:
     instruction_topic: str = DEFAULT_INSTRUCTION_TOPIC
     control_rate_hz: float | None = None  # None: the embodiment's
     staleness_ms: dict[str, float] = field(default_factory=dict)  # overrides of Embodiment.staleness fields
+    block_lead_ms: float = 300.0
     crossfade_steps: int = 4
     status_period_s: float = 1.0
     log_period_s: float = 5.0
@@ -219,7 +225,7 @@ def to_config(checked: Mapping[str, Any]) -> PolicyConfig:
         backend=checked["backend"], middleware=checked["middleware"], engine_overrides=engine, view_hw=view_hw,
         warmup=checked["warmup"], instruction=checked["instruction"], instruction_topic=checked["instruction_topic"],
         control_rate_hz=checked["control_rate_hz"] or None, staleness_ms=staleness,
-        crossfade_steps=checked["crossfade_steps"], status_period_s=1.0 / checked["status_rate_hz"],
+        block_lead_ms=checked["block_lead_ms"], crossfade_steps=checked["crossfade_steps"], status_period_s=1.0 / checked["status_rate_hz"],
         log_period_s=checked["log_period_s"])
 
 

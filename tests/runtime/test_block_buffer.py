@@ -163,3 +163,16 @@ def test_producer_and_consumer_threads():
     buffer.close()
     waiter.join(timeout=5)
     assert not waiter.is_alive() and waiter_result == [None]
+
+
+def test_block_lead_raises_the_video_rate_so_chunks_overlap():
+    from dreamzero_policy.block_buffer import block_video_fps
+    from dreamzero_policy.embodiment import load_embodiment
+    from dreamzero_policy.errors import ConfigError
+
+    emb = load_embodiment("franka_droid")
+    assert block_video_fps(emb, 8, 0.0) == pytest.approx(5.0)  # the training rate: one block per 1.6 s chunk
+    fps = block_video_fps(emb, 8, 300.0)
+    assert 8 / fps == pytest.approx(1.3)  # the next block closes 300 ms before the chunk ends
+    with pytest.raises(ConfigError, match="block_lead_ms"):
+        block_video_fps(emb, 8, 1000.0)
