@@ -8,7 +8,7 @@ The same topics and types as the real robot (ROBOTS_AND_ROS.md sections 1-2):
 | /cameras/{wrist,exterior_1,exterior_2}/image_raw | sensor_msgs/msg/Image, rgb8 | 15 Hz (configurable) |
 | /fr3_arm_controller/joint_trajectory | trajectory_msgs/msg/JointTrajectory (fr3_joint1..7, rad) | per chunk |
 | /fr3_gripper_controller/joint_trajectory | trajectory_msgs/msg/JointTrajectory (fr3_finger_joint1, m) | per chunk |
-| /instruction | std_msgs/msg/String, latched | per episode |
+| /dreamzero/instruction | std_msgs/msg/String, latched | per episode |
 
 Messages are dataclasses of the standard ROS 2 Jazzy rosbags typestore; their CDR bytes are the wire format.
 """
@@ -23,7 +23,7 @@ from sim.env import ARM_CONTROLLER, GRIPPER_CONTROLLER, SimObservation
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 JOINT_STATES = "/joint_states"
-INSTRUCTION = "/instruction"
+INSTRUCTION = "/dreamzero/instruction"  # the policy node's default instruction topic
 TRAJECTORY_TOPICS = {ARM_CONTROLLER: f"/{ARM_CONTROLLER}/joint_trajectory",
                      GRIPPER_CONTROLLER: f"/{GRIPPER_CONTROLLER}/joint_trajectory"}
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"

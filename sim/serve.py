@@ -3,7 +3,7 @@
     dreamzero-sim --task pick --seed 0 [--backend auto|dds|rclpy] [--image-hz 15] [--realtime 1.0]
 
 Publishes the robot's topics (see sim.rosmsg): /joint_states at 30 Hz and /cameras/<camera>/image_raw at
-`--image-hz` (sensor-data QoS), /instruction (latched), /clock (rosgraph_msgs/Clock, at the joint-state rate) and
+`--image-hz` (sensor-data QoS), /dreamzero/instruction (latched), /clock (rosgraph_msgs/Clock, at the joint-state rate) and
 /sim/task_info (std_msgs/String with the JSON of `env.task_info()`, latched, on reset and at 1 Hz).
 Subscribes /fr3_arm_controller/joint_trajectory and /fr3_gripper_controller/joint_trajectory (reliable); a new
 trajectory replaces the running one and starts when the sim receives it (header.stamp is not used for delayed

@@ -21,7 +21,7 @@ from sim.rollout import ReplayPolicy, run_episode
 DROID_SCHEMA = Path("/work/shared/reference/lerobot_schemas/droid_lerobot_port_features.json")
 CAMERA_TOPICS = [rosmsg.camera_topic(c) for c in ("wrist", "exterior_1", "exterior_2")]
 TYPES = {
-    "/joint_states": "sensor_msgs/msg/JointState", "/instruction": "std_msgs/msg/String",
+    "/joint_states": "sensor_msgs/msg/JointState", "/dreamzero/instruction": "std_msgs/msg/String",
     "/fr3_arm_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
     "/fr3_gripper_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
     **{topic: "sensor_msgs/msg/Image" for topic in CAMERA_TOPICS},
@@ -74,7 +74,7 @@ def test_mcap_bag_topics_types_and_rates(mcap_bag):
         np.testing.assert_allclose(rates([t for t, _ in images]), 15, rtol=1e-6)
         msg = images[0][1]
         assert (msg.height, msg.width, msg.encoding, msg.step, msg.header.frame_id) == (180, 320, "rgb8", 960, camera)
-    instruction = read_messages(path, "/instruction")
+    instruction = read_messages(path, "/dreamzero/instruction")
     assert [(t, m.data) for t, m in instruction] == [(0, summary["instruction"])]
 
 

@@ -77,7 +77,7 @@ def test_sim_serves_the_robot_topics_to_another_process(sim_process):
         joints, wrist, instruction, info = Latest(), Latest(), Latest(), Latest()
         mw.create_subscription("/joint_states", "sensor_msgs/msg/JointState", joints, QoS.SENSOR_DATA)
         mw.create_subscription("/cameras/wrist/image_raw", "sensor_msgs/msg/Image", wrist, QoS.SENSOR_DATA)
-        mw.create_subscription("/instruction", "std_msgs/msg/String", instruction, QoS.LATCHED)
+        mw.create_subscription("/dreamzero/instruction", "std_msgs/msg/String", instruction, QoS.LATCHED)
         mw.create_subscription("/sim/task_info", "std_msgs/msg/String", info, QoS.LATCHED)
         arm = mw.create_publisher("/fr3_arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory",
                                   QoS.RELIABLE)
