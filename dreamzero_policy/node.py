@@ -528,7 +528,9 @@ class PolicyNode:
         model = self.model
         return msgs.msg_class("dreamzero_msgs/msg/PolicyStatus")(
             header=msgs.header(self.mw.now_ns()), lifecycle_state=self.state, instruction=self._instruction,
-            chunks_published=self._chunks_published, **fields, latency_p50=p50, latency_p90=p90, latency_p99=p99,
+            chunks_published=self._chunks_published, **fields,
+            counter_names=list(counts), counter_values=np.array([max(0, int(v)) for v in counts.values()], np.uint64),
+            latency_p50=p50, latency_p90=p90, latency_p99=p99,
             model_name=model.model_name if model else "", checkpoint=model.checkpoint_path if model else "",
             embodiment=self.embodiment.name if self.embodiment is not None else "",
             device=model.device if model else "")

@@ -37,7 +37,8 @@ def policy_status(n: int = 3):
         instruction="put the marker in the cup", chunks_published=40 + n, refusals_nan=1, refusals_limit_clamp=2,
         refusals_step_clamp=3, refusals_stale_observation=4, refusals_stale_chunk=5, refusals_malformed_image=6,
         refusals_bad_joint_state=7, refusals_out_of_order_stamps=8, refusals_exception=9, refusals_total=45,
-        latency_p50=0.15, latency_p90=0.2, latency_p99=0.31, model_name="dreamzero-14b",
+        counter_names=["safety.VELOCITY_LIMIT", "session.blocks_skipped"],
+        counter_values=np.array([3, 1], dtype=np.uint64), latency_p50=0.15, latency_p90=0.2, latency_p99=0.31, model_name="dreamzero-14b",
         checkpoint="/ckpt/droid.safetensors", embodiment="franka_droid", device="cuda:0")
 
 

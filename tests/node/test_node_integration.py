@@ -223,6 +223,9 @@ def test_bad_inputs_are_refused_counted_and_logged_once(system):
                                and s.refusals_out_of_order_stamps >= before.refusals_out_of_order_stamps + 1)
     assert after.refusals_bad_joint_state == before.refusals_bad_joint_state + 2  # reordered joints are fine
     assert after.refusals_total >= before.refusals_total + 5
+    table = dict(zip(after.counter_names, after.counter_values.tolist()))  # every counter, by name
+    assert table["input.malformed_image"] == after.refusals_malformed_image
+    assert "safety.VELOCITY_LIMIT" in table and "session.blocks_skipped" in table
     log = system.node.lines
     for text in ("camera wrist dropped (malformed image)", "camera exterior_1 dropped (malformed image)",
                  "joint states dropped (bad joint state): position[fr3_joint3]",
