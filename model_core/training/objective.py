@@ -99,19 +99,24 @@ class FlowMatchingObjective:
 
     # -- the loss -----------------------------------------------------------------------------------------------
 
-    def loss(self, dit: CausalWanModel, batch: Batch, noise: Noising) -> LossParts:
+    def noised(self, batch: Batch, noise: Noising) -> tuple[torch.Tensor, torch.Tensor, Registers]:
+        """-> noisy video [B, C, F, h, w], its timesteps [B, F], and the registers (noisy actions, their timesteps
+        [B, nb*T], the anchor states): exactly what `forward_train` gets."""
         x0_v, x0_a = batch["latents"], batch["actions"]  # [B, C, F, h, w], [B, nb*T, A]
-        device, T = x0_v.device, self.dit_cfg.num_action_per_block
-        sigmas, timesteps, weights = (t.to(device) for t in (self.sigmas, self.timesteps, self.weights))
+        sigmas, timesteps = self.sigmas.to(x0_v.device), self.timesteps.to(x0_v.device)
         sig_v = sigmas[noise.video_ids]  # [B, F]
         noisy_v = (1 - sig_v)[:, None, :, None, None] * x0_v + sig_v[:, None, :, None, None] * noise.video_noise
-        action_ids = noise.action_ids.repeat_interleave(T, dim=1)  # [B, nb*T]
+        action_ids = noise.action_ids.repeat_interleave(self.dit_cfg.num_action_per_block, dim=1)  # [B, nb*T]
         sig_a = sigmas[action_ids][..., None]
         noisy_a = (1 - sig_a) * x0_a + sig_a * noise.action_noise
+        return noisy_v, timesteps[noise.video_ids], Registers(noisy_a, timesteps[action_ids], batch["states"])
+
+    def loss(self, dit: CausalWanModel, batch: Batch, noise: Noising) -> LossParts:
+        x0_v, x0_a = batch["latents"], batch["actions"]  # [B, C, F, h, w], [B, nb*T, A]
+        T, weights = self.dit_cfg.num_action_per_block, self.weights.to(x0_v.device)
+        noisy_v, t_video, registers = self.noised(batch, noise)
         context = dit.encode_context(batch["text"], batch.get("clip"))
-        registers = Registers(noisy_a, timesteps[action_ids], batch["states"])
-        v_pred, a_pred = dit.forward_train(noisy_v, x0_v, timesteps[noise.video_ids], registers, context,
-                                           y=batch.get("y"))
+        v_pred, a_pred = dit.forward_train(noisy_v, x0_v, t_video, registers, context, y=batch.get("y"))
         # video: per-frame MSE, weighted by the frame's level weight
         err_v = (v_pred.float() - (noise.video_noise - x0_v).float()).pow(2).mean(dim=(1, 3, 4))  # [B, F]
         w_v = weights[noise.video_ids]

@@ -395,13 +395,16 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
-    def train(self) -> TrainResult:
+    def train(self, until: int | None = None) -> TrainResult:
+        """Train to schedule.max_steps, or stop early after step `until` with a checkpoint there (a job with a
+        time slot; `schedule.resume` continues it exactly)."""
         cfg, env, s = self.cfg, self.env, self.cfg.schedule
+        stop = s.max_steps if until is None else min(until, s.max_steps)
         if self.start_step >= s.max_steps:
             log.info("nothing to do: checkpoint at step %d >= max_steps %d", self.start_step, s.max_steps)
             return TrainResult(self.output_dir / "final", self.start_step, self.history)
         sampler = StepBatches(len(self.train_set), cfg.optim.batch_size, cfg.optim.grad_accum, env.rank, env.world,
-                              cfg.run.seed, self.start_step, s.max_steps)
+                              cfg.run.seed, self.start_step, stop)
         loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=s.num_workers,
                                              pin_memory=self.device.type == "cuda")
         if env.main:
@@ -415,7 +418,7 @@ class Trainer:
         step, last = self.start_step, None
         window: list[list[float]] = []
         tic = time.perf_counter()
-        while step < s.max_steps:
+        while step < stop:
             lr = cfg.optim.lr * lr_factor(step, cfg.optim.warmup_steps, s.max_steps, cfg.optim.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -442,8 +445,8 @@ class Trainer:
                 self._log({"step": step, **self.validate()}, "val")
             if step == s.max_steps:
                 last = self.save(step, self.output_dir / "final")
-            elif step % s.save_every == 0:
-                self.save(step, self.output_dir / "checkpoints" / f"step_{step:06d}")
+            elif step % s.save_every == 0 or step == stop:
+                last = self.save(step, self.output_dir / "checkpoints" / f"step_{step:06d}")
         if bar is not None:
             bar.close()
         if self.writer is not None:
