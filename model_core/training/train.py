@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,9 @@ class Trainer:
             return DDP(module, device_ids=ids)
         if env.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+            # context_kv returns head views of k/v; the DiT only reads them (never in place), so FSDP's warning about
+            # views losing their pre-backward hook under in-place ops does not apply.
+            warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPCrossAttention\) returned a view")
             for blk in self.dit.blocks:
                 fully_shard(blk.cross_attn)  # its own unit: encode_context calls context_kv outside the block
                 register_fsdp_forward_method(blk.cross_attn, "context_kv")
@@ -532,14 +536,16 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
-    def _full_state(self) -> dict[str, torch.Tensor] | None:
-        """The DiT's full state dict on rank 0 (None elsewhere); collective under FSDP."""
+    def full_state_dict(self, everywhere: bool = False) -> dict[str, torch.Tensor] | None:
+        """The DiT's full state dict (CPU tensors, bare names) on rank 0, or on every rank with `everywhere`;
+        None on the other ranks. Collective under FSDP (every rank must call it)."""
+        wanted = everywhere or self.env.main
         if self.env.strategy == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True,
-                                                                              cpu_offload=True))
-            return {k.removeprefix("dit."): v for k, v in full.items()} if self.env.main else None
-        return {k: v.detach().cpu() for k, v in self.dit.state_dict().items()} if self.env.main else None
+                                                                              cpu_offload=not everywhere))
+            return {k.removeprefix("dit."): v.detach().cpu() for k, v in full.items()} if wanted else None
+        return {k: v.detach().cpu() for k, v in self.dit.state_dict().items()} if wanted else None
 
     def _optimizer_state(self) -> dict | None:
         if self.env.strategy == "fsdp":
@@ -562,7 +568,7 @@ class Trainer:
     def save(self, step: int, directory: Path) -> Path:
         """Write a runtime checkpoint + training state; collective (every rank calls it)."""
         env = self.env
-        state, optim_state = self._full_state(), self._optimizer_state()
+        state, optim_state = self.full_state_dict(), self._optimizer_state()
         if env.main:
             tmp = directory.with_name(directory.name + ".partial")
             if tmp.exists():
