@@ -75,7 +75,8 @@ def test_noising_targets_and_weighted_loss():
     stub = SimpleNamespace(encode_context=lambda text, clip: None, forward_train=forward_train)
     parts = obj.loss(stub, b, noise)
     sig_v = obj.sigmas[noise.video_ids]
-    expect_noisy = (1 - sig_v)[:, None, :, None, None] * b["latents"] + sig_v[:, None, :, None, None] * noise.video_noise
+    s = sig_v[:, None, :, None, None]
+    expect_noisy = (1 - s) * b["latents"] + s * noise.video_noise
     assert torch.allclose(seen["noisy"], expect_noisy) and torch.equal(seen["clean"], b["latents"])
     assert torch.allclose(seen["t"], 1000 * sig_v)
     sig_a = obj.sigmas[noise.action_ids].repeat_interleave(24, dim=1)

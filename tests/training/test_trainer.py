@@ -83,7 +83,8 @@ def test_checkpoint_reloads_bit_exactly_and_runs_in_the_engine(trained):
     meta = ckpt.metadata["oxe_droid"]
     assert set(meta["statistics"]["action"]) == {"joint_position", "gripper_position"}
     assert meta["dataset"]["val_episodes"] == [2] and meta["sample"]["video_fps"] == 5
-    assert yaml.safe_load((result.checkpoint / "experiment_cfg" / "conf.yaml").read_text())["objective"]["mode"] == "full"
+    conf = yaml.safe_load((result.checkpoint / "experiment_cfg" / "conf.yaml").read_text())
+    assert conf["objective"]["mode"] == "full"
     engine, _ = build_engine(result.checkpoint)
     assert engine.config.num_steps == 2 and engine.config.cfg_scale == 1.0  # model.engine overrides
     frames = np.random.default_rng(0).integers(0, 255, (9, 64, 128, 3), dtype=np.uint8)
@@ -115,8 +116,8 @@ def test_cached_inference_equals_the_training_forward(trained, block):
         if block == 2:
             dit.forward_cached(clean[:, :, 1:3], torch.zeros(1, 2), 1, cache, ctx, append=True)
         s, a = 1 + 2 * (block - 1), slice(24 * (block - 1), 24 * block)
-        v, act = dit.forward_cached(noisy[:, :, s:s + 2], t_video[:, s:s + 2], s, cache, ctx,
-                                    Registers(regs.actions[:, a], regs.timesteps[:, a], regs.states[:, block - 1:block]))
+        block_regs = Registers(regs.actions[:, a], regs.timesteps[:, a], regs.states[:, block - 1:block])
+        v, act = dit.forward_cached(noisy[:, :, s:s + 2], t_video[:, s:s + 2], s, cache, ctx, block_regs)
     assert video.abs().max() > 0.1 and actions.abs().max() > 0.1  # a trained, non-trivial model
     torch.testing.assert_close(v, video[:, :, s:s + 2], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(act, actions[:, a], atol=2e-5, rtol=1e-4)
