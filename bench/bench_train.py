@@ -82,7 +82,8 @@ def main() -> None:
     print("-" * len(header))
     for r in rows:
         print(f"{r['preset']:<7}{r['mode']:<6}{r['chunks']:>7}{r['batch']:>6}{r['params_M']:>10.1f}"
-              f"{r['trainable_M']:>9.2f}{r['tokens']:>8}{r['step_ms']:>9.0f}{r['samples_s']:>11.2f}{r['setup_s']:>9.1f}")
+              f"{r['trainable_M']:>9.2f}{r['tokens']:>8}{r['step_ms']:>9.0f}{r['samples_s']:>11.2f}"
+              f"{r['setup_s']:>9.1f}")
     print("setup s: building the trainer, incl. encoding the dataset the first time a geometry is seen "
           f"({rows[0]['samples']} samples at {args.chunks[0]} chunks)")
 

@@ -50,6 +50,7 @@ import yaml
 from model_core.checkpoint import read_tensors, save_checkpoint
 from model_core.config import TINY_VIDEO_HW, preset
 from model_core.dit import CausalWanModel, DiTBlock
+from model_core.engine import EngineConfig
 from model_core.errors import ModelCoreError
 from model_core.factory import SECTION, save_bundle
 from model_core.image_encoder import ImageEncoder
@@ -273,9 +274,11 @@ class Trainer:
             text = PromptEncoder.tiny(seed=mcfg.init_seed)
             image = ImageEncoder.tiny(seed=mcfg.init_seed).to(self.env.device)
         else:
-            from model_core.factory import _encoders  # the same loader build_engine uses
+            from model_core.backends import default_dtype
+            from model_core.factory import _encoders  # the same loader (and dtype) build_engine uses
             root = Path(mcfg.init_from) if mcfg.init_from else Path(".")
-            vae, text, image = _encoders(section.get("encoders", {}), root, self.env.device, torch.float32)
+            vae, text, image = _encoders(section.get("encoders", {}), root, self.env.device,
+                                         default_dtype(self.env.device))
         text.cache_dir = self.cfg.cache_dir / "prompt_embeds"
         if image is not None and (not cfg.objective.condition_on_image or image.width != dit.cfg.clip_dim):
             if cfg.objective.condition_on_image and mcfg.encoders != "tiny":
@@ -299,6 +302,10 @@ class Trainer:
                                    f"{(self.video_hw[0] // s) * (self.video_hw[1] // s)} tokens per frame with VAE "
                                    f"stride {vae.spatial_stride} and patch {dit.cfg.patch_size[1:]}; the DiT's "
                                    f"frame_seqlen is {dit.cfg.frame_seqlen}")
+        try:  # the engine overrides written into the checkpoint must build an engine
+            EngineConfig(video_hw=self.video_hw, **mcfg.engine)
+        except (TypeError, ModelCoreError) as err:
+            raise TrainConfigError(f"model.engine: {err}") from err
         self.section = section
         self.dit = dit
 
@@ -588,9 +595,14 @@ class Trainer:
         if cfg.objective.flash:
             engine.setdefault("flash", True)
         metadata = self.data.metadata()
-        if cfg.model.encoders == "tiny":
+        specs = [v for v in self.section.get("encoders", {}).values() if isinstance(v, dict)]
+        lora = self.lora_targets is not None
+        if cfg.model.encoders == "tiny" or (specs and all(v.get("tiny") for v in specs)):
+            # tiny encoders are small: copy them in, the checkpoint is self-contained
             save_bundle(directory, model, self.encoders.vae, self.encoders.text, self.encoders.image,
                         self.video_hw, metadata=metadata, engine=engine)
+            if lora:
+                _rename_to_release_lora(directory)
         else:
             section = _merge(self.section, {"video_hw": list(self.video_hw), "engine": engine})
             root = Path(cfg.model.init_from).resolve() if cfg.model.init_from else Path.cwd()
@@ -600,14 +612,14 @@ class Trainer:
                         spec[key] = str((root / spec[key]).resolve())
             if self.encoders.image is None:
                 section.get("encoders", {}).pop("image_encoder", None)
-            save_checkpoint(model, directory, metadata=metadata, extra_config={SECTION: section})
+            save_checkpoint(model, directory, metadata=metadata, extra_config={SECTION: section},
+                            prefix=RELEASE_LORA_PREFIX if lora else PLAIN_PREFIX)
         extra = {"model_name": f"dreamzero-{cfg.objective.mode}-{self.embodiment.name}-step{step}",
                  "dreamzero_training": {"step": step, "base": self.base_name, "mode": cfg.objective.mode,
                                         "flash": cfg.objective.flash, "embodiment": self.embodiment.name}}
         config_file = directory / "config.json"
         config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **extra}, indent=1))
-        if self.lora_targets is not None:
-            _rename_to_release_lora(directory)
+        if lora:
             lcfg = cfg.objective.lora
             (directory / "adapter_config.json").write_text(
                 json.dumps(adapter_config(lcfg.rank, lcfg.alpha, lcfg.targets), indent=1))

@@ -12,7 +12,7 @@ from model_core.dit import Registers
 from model_core.factory import build_engine
 from model_core.kv_cache import KVCache
 from model_core.training.config import parse_config
-from model_core.training.errors import DatasetError
+from model_core.training.errors import DatasetError, TrainConfigError
 from model_core.training.lora import merged_state_dict
 from model_core.training.objective import step_seed
 from model_core.training.train import RELEASE_LORA_PREFIX, Trainer, main
@@ -166,6 +166,38 @@ def test_lora_flash_checkpoint_in_the_release_layout(dataset, cache_dir, tmp_pat
     engine.dit.forward_cached = lambda *a, **k: calls.append(k.get("append", False)) or original(*a, **k)
     out = engine.step(np.zeros((1, 64, 128, 3), np.uint8), np.zeros(8, np.float32), "a robot reaches")
     assert calls.count(False) == 1 and np.isfinite(out.actions).all()
+
+
+def test_fine_tune_a_checkpoint_with_its_own_encoders(trained, dataset, cache_dir, tmp_path):
+    """init_from the trained checkpoint (encoders from its dreamzero_policy section), LoRA on top."""
+    _, result, _ = trained
+    cfg = config(dataset, tmp_path / "ft", cache_dir, model={"preset": None, "init_from": str(result.checkpoint),
+                                                            "encoders": "checkpoint"},
+                 objective={"mode": "lora"}, schedule={"max_steps": 1})
+    trainer = Trainer(cfg)
+    assert trainer.video_hw == (64, 128)
+    base, _ = load_model(result.checkpoint)
+    assert torch.equal(trainer.dit.blocks[0].self_attn.q.base_layer.weight, base.blocks[0].self_attn.q.weight)
+    out = trainer.train().checkpoint
+    assert (out / "encoders" / "vae.safetensors").is_file()  # tiny encoders are copied: self-contained
+    engine, ckpt = build_engine(out)
+    assert ckpt.extra["dreamzero_training"]["base"] == str(result.checkpoint)
+    assert np.isfinite(engine.step(np.zeros((1, 64, 128, 3), np.uint8), np.zeros(8, np.float32), "a").actions).all()
+
+
+def test_activation_checkpointing_gives_the_same_step(dataset, cache_dir, tmp_path):
+    runs = []
+    for flag in (False, True):
+        trainer = Trainer(config(dataset, tmp_path / str(flag), cache_dir, model={"gradient_checkpointing": flag},
+                                 schedule={"max_steps": 1}))
+        trainer.train()
+        runs.append(trainer.dit.state_dict())
+    assert all(torch.allclose(runs[0][k], runs[1][k], atol=1e-6) for k in runs[0])
+
+
+def test_engine_overrides_are_checked_before_training(dataset, cache_dir, tmp_path):
+    with pytest.raises(TrainConfigError, match=r"model.engine: .*num_stepz"):
+        Trainer(config(dataset, tmp_path / "x", cache_dir, model={"engine": {"num_stepz": 4}}))
 
 
 def test_bad_video_fails_before_the_first_step(tmp_path):
