@@ -109,6 +109,12 @@ class DreamZeroData:
     def __init__(self, cfg: DatasetConfig, embodiment: Embodiment, geometry: SampleGeometry,
                  video_hw: tuple[int, int], view_hw: tuple[int, int] | None = None, action_dim: int = 32,
                  max_state_dim: int = 64):
+        try:
+            self._build(cfg, embodiment, geometry, video_hw, view_hw, action_dim, max_state_dim)
+        except DatasetError as err:
+            raise err.in_dataset(cfg.root) from None
+
+    def _build(self, cfg, embodiment, geometry, video_hw, view_hw, action_dim, max_state_dim) -> None:
         self.cfg, self.embodiment, self.geometry = cfg, embodiment, geometry
         self.reader: LeRobotDataset = open_dataset(cfg.root)
         self.action_dim, self.max_state_dim = action_dim, max_state_dim
@@ -282,12 +288,16 @@ class DreamZeroData:
         ep = self.episodes[episode]
         views = {}
         for camera, key in self.camera_refs.items():
-            frames = self.reader.read_video(episode, key)
+            try:
+                frames = self.reader.read_video(episode, key)
+            except DatasetError as err:
+                raise err.in_dataset(self.cfg.root) from None
             if len(frames) != ep.length:
                 raise DatasetError(f"the video has {len(frames)} frames, the parquet data {ep.length} rows",
-                                   episode, key)
+                                   episode, key, dataset=self.cfg.root)
             if frames.ndim != 4 or frames.shape[-1] != 3:
-                raise DatasetError(f"frames of shape {list(frames.shape[1:])}, expected [H, W, 3] RGB", episode, key)
+                raise DatasetError(f"frames of shape {list(frames.shape[1:])}, expected [H, W, 3] RGB", episode, key,
+                                   dataset=self.cfg.root)
             views[camera] = frames
         return views
 

@@ -10,14 +10,21 @@ class DatasetError(ModelCoreError, ValueError):
     Raised before training starts, naming the dataset, the episode (when one is at fault) and the field.
     """
 
-    def __init__(self, message: str, episode: int | None = None, field: str | None = None):
-        where = []
+    def __init__(self, message: str, episode: int | None = None, field: str | None = None,
+                 dataset: str | None = None):
+        where = [] if dataset is None else [f"dataset {dataset}"]
         if episode is not None:
             where.append(f"episode {episode}")
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
-        self.episode, self.field = episode, field
+        self.message, self.episode, self.field, self.dataset = message, episode, field, dataset
+
+    def in_dataset(self, dataset: str) -> DatasetError:
+        """The same error, naming the dataset (once)."""
+        if self.dataset is not None or dataset in self.message:
+            return self
+        return DatasetError(self.message, self.episode, self.field, dataset)
 
 
 class TrainConfigError(ConfigError):
