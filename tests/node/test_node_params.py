@@ -148,9 +148,11 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
     return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_file_sets_declared_parameters_and_declares_its_arguments(path):
-    tree = ast.parse(path.read_text(), filename=str(path))
+SHARED_LAUNCH = REPO / "dreamzero_policy" / "launch_description.py"
+
+
+def test_shared_launch_description_sets_declared_parameters_and_declares_its_arguments():
+    tree = ast.parse(SHARED_LAUNCH.read_text(), filename=str(SHARED_LAUNCH))
     names = _launch_parameter_names(tree)
     assert names == {"checkpoint", "embodiment", "device", "middleware"}, names
     assert names <= set(params.SPECS)
@@ -161,15 +163,23 @@ def test_launch_file_sets_declared_parameters_and_declares_its_arguments(path):
     assert {"checkpoint", "embodiment", "device", "middleware", "params_file", "autostart"} <= declared
     checkpoint = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "checkpoint")
     assert "default_value" not in {k.arg for k in checkpoint.keywords}  # required
-    embodiment = next(n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                      and getattr(n.targets[0], "id", "") == "EMBODIMENT")
-    assert path.name == f"{embodiment}.launch.py" and (REPO / "config" / f"{embodiment}.params.yaml").is_file()
     assert {c.func.id for c in ast.walk(tree) if isinstance(c, ast.Call) and hasattr(c.func, "id")} >= {
         "LifecycleNode", "OnStateTransition", "ChangeState", "EmitEvent", "RegisterEventHandler"}
     executables = {k.value.value for c in _calls(tree, "LifecycleNode") + _calls(tree, "Node")
                    for k in c.keywords if k.arg == "executable"}
     setup = (REPO / "setup.py").read_text()
     assert executables == {"policy_node"} and "policy_node = dreamzero_policy.node:main" in setup
+
+
+@pytest.mark.parametrize("path", [p for p in LAUNCH_FILES if p.name != "replay.launch.py"], ids=lambda p: p.name)
+def test_embodiment_launch_file_uses_the_shared_description(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    embodiment = next(n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                      and getattr(n.targets[0], "id", "") == "EMBODIMENT")
+    assert path.name == f"{embodiment}.launch.py" and (REPO / "config" / f"{embodiment}.params.yaml").is_file()
+    load_embodiment(embodiment)
+    assert [c.args[0].id for c in _calls(tree, "policy_launch_description")] == ["EMBODIMENT"]
+    assert "generate_launch_description" in {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
 
 
 def test_ros2_ws_links_the_packages_and_stops_crawlers():
