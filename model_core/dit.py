@@ -354,10 +354,15 @@ class CausalWanModel(nn.Module):
         return CrossContext(text_kv=[t for t, _ in kv], image_kv=None if image_ctx is None else [i for _, i in kv])
 
     def _time_modulation(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token timesteps [B, L] -> e [B, L, dim] (head) and e0 [B, L, 6, dim] (blocks), float32."""
-        e = self.time_embedding(timestep_sinusoid(self.cfg.freq_dim, t).to(self.patch_embedding.weight.dtype))
-        e0 = self.time_projection(e).unflatten(2, (6, self.cfg.dim))
-        return e.float(), e0.float()
+        """Per-token timesteps [B, L] -> e [B, L, dim] (head) and e0 [B, L, 6, dim] (blocks), float32.
+
+        A call has only a few distinct timesteps (one per frame, per action), so the MLPs run once per distinct
+        value and the rows are gathered per token: the same numbers as embedding every token.
+        """
+        values, index = torch.unique(t, return_inverse=True)  # [U], [B, L]
+        e = self.time_embedding(timestep_sinusoid(self.cfg.freq_dim, values).to(self.patch_embedding.weight.dtype))
+        e0 = self.time_projection(e).unflatten(1, (6, self.cfg.dim))  # [U, 6, dim]
+        return e.float()[index], e0.float()[index]
 
     # -- tokens ---------------------------------------------------------------------------------------------------
 
