@@ -212,7 +212,15 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.env = env = setup_distributed(cfg)
+        self.env = setup_distributed(cfg)
+        try:
+            self._setup()
+        except BaseException:
+            self.env.close()  # a config / data error must not leave the process group behind
+            raise
+
+    def _setup(self) -> None:
+        cfg, env = self.cfg, self.env
         self.device = env.device
         torch.manual_seed(cfg.run.seed)
         self.output_dir = cfg.output_dir
@@ -231,8 +239,17 @@ class Trainer:
         self.data = DreamZeroData(cfg.dataset, self.embodiment, geometry, self.video_hw, cfg.model.view_hw,
                                   dit_cfg.action_dim, dit_cfg.max_state_dim)
         self.cache = EncoderCache(cfg.cache_dir, self.data, self.encoders, dit_cfg)
-        self.cache.build(env.rank, env.world, progress=cfg.run.progress and env.main)
-        env.barrier()
+        failure = None
+        try:
+            self.cache.build(env.rank, env.world, progress=cfg.run.progress and env.main)
+        except DatasetError as err:  # e.g. a video of this rank's episodes: every rank must stop, not wait
+            failure = err
+        failed_ranks = _all_sum([float(failure is not None)], env, self.device)[0]  # also the barrier
+        if failure is not None:
+            raise failure
+        if failed_ranks:
+            raise DatasetError(f"{int(failed_ranks)} other rank(s) failed while encoding the dataset (see their "
+                               f"error)")
         self.train_set = CachedSamples(self.cache, self.data.train_samples)
         self.val_set = CachedSamples(self.cache, self.data.val_samples) if self.data.val_samples else None
         self.objective = FlowMatchingObjective(cfg.objective, dit_cfg)

@@ -82,3 +82,18 @@ def test_ranks_deal_distinct_samples_within_an_epoch():
     seen = [i for step in range(2) for b in batches for i in b.indices(step, 0)]
     assert len(seen) == 8 and len(set(seen)) == 8  # within one epoch no sample is dealt twice
     assert list(batches[0]) == [batches[0].indices(0, 0), batches[0].indices(1, 0)]
+
+
+def test_a_bad_episode_on_one_rank_stops_every_rank(tmp_path):
+    """Episode 1 (rank 1's share of the encoding) has a short video: both ranks exit with an error, none hangs."""
+    root = write_v21(tmp_path / "ds", [make_episode(0, 60), make_episode(1, 60)], video_lengths={1: 55})
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(train_config(root, tmp_path / "run", distributed={"strategy": "ddp",
+                                                                                     "backend": "gloo"})))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port()), "-m", "model_core.training.train",
+                           "--config", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "episode 1, field 'observation.images.wrist_left': the video has 55 frames" in proc.stderr
+    assert "1 other rank(s) failed while encoding the dataset" in proc.stderr
