@@ -48,7 +48,7 @@ import torch.nn as nn
 import yaml
 
 from model_core.checkpoint import read_tensors, save_checkpoint
-from model_core.config import TINY_VIDEO_HW, preset
+from model_core.config import TINY_VIDEO_HW, DiTConfig, preset
 from model_core.dit import CausalWanModel, DiTBlock
 from model_core.engine import EngineConfig
 from model_core.errors import ModelCoreError
@@ -227,6 +227,7 @@ class Trainer:
         if env.main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self.embodiment = _load_embodiment(cfg.embodiment)
+        self.broadcast_init = env.strategy == "fsdp" and env.world > 1
         self._build_model()
         dit_cfg = self.dit.cfg
         if self.embodiment.action_horizon != dit_cfg.num_action_per_block:
@@ -257,7 +258,8 @@ class Trainer:
         self.start_step, resume_dir = 0, self._resume_dir()
         if resume_dir is not None:
             self._load_weights(resume_dir)
-        self.dit.to(self.device)
+        if not (self.broadcast_init and not env.main):
+            self.dit.to(self.device)
         self.module = TrainingForward(self.dit, self.objective)
         self.wrapped = self._wrap(self.module)
         params = [p for p in self.dit.parameters() if p.requires_grad]
@@ -274,15 +276,26 @@ class Trainer:
     def _build_model(self) -> None:
         cfg, mcfg = self.cfg, self.cfg.model
         section: dict[str, Any] = {}
+        # FSDP with several ranks: only rank 0 materialises the weights; the others build the model on the meta
+        # device and receive their shards from rank 0 after sharding (see _wrap), so a 14B model is read once.
+        on_meta = self.broadcast_init and not self.env.main
         if mcfg.init_from:
-            from model_core.checkpoint import load_model
-            dit, ckpt = load_model(mcfg.init_from, dtype=torch.float32)
-            section = _merge(ckpt.extra.get(SECTION, {}), mcfg.encoder_overrides)
+            from model_core.checkpoint import _find_dit_config, load_model
+            if on_meta:
+                raw = json.loads((Path(mcfg.init_from) / "config.json").read_text())
+                with torch.device("meta"):
+                    dit = CausalWanModel(DiTConfig.from_dict(_find_dit_config(raw)))
+                extra = raw
+            else:
+                dit, ckpt = load_model(mcfg.init_from, dtype=torch.float32)
+                extra = ckpt.extra
+            section = _merge(extra.get(SECTION, {}), mcfg.encoder_overrides)
             self.base_name = str(mcfg.init_from)
         else:
             dit_cfg = preset(mcfg.preset)
             torch.manual_seed(mcfg.init_seed)
-            dit = CausalWanModel(dit_cfg)
+            with torch.device("meta" if on_meta else "cpu"):
+                dit = CausalWanModel(dit_cfg)
             section = copy.deepcopy(mcfg.encoder_overrides)
             self.base_name = f"preset:{mcfg.preset}"
         dit.train()
@@ -366,12 +379,19 @@ class Trainer:
             # context_kv returns head views of k/v; the DiT only reads them (never in place), so FSDP's warning about
             # views losing their pre-backward hook under in-place ops does not apply.
             warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPCrossAttention\) returned a view")
+            full = module.state_dict() if env.main else {}  # rank 0's full tensors, kept alive through sharding
             for blk in self.dit.blocks:
                 fully_shard(blk.cross_attn)  # its own unit: encode_context calls context_kv outside the block
                 register_fsdp_forward_method(blk.cross_attn, "context_kv")
                 fully_shard(blk)
             fully_shard(module)
             register_fsdp_forward_method(module, "rollout")
+            if self.broadcast_init:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+                if not env.main:
+                    module.to_empty(device=env.device)
+                set_model_state_dict(module, full, options=StateDictOptions(full_state_dict=True,
+                                                                            broadcast_from_rank0=True))
             return module
         return module
 
@@ -394,7 +414,15 @@ class Trainer:
         return path
 
     def _load_weights(self, path: Path) -> None:
-        """The checkpoint's raw tensors (LoRA unmerged) into the (wrapped) DiT, strictly."""
+        """The checkpoint's raw tensors (LoRA unmerged) into the (wrapped) DiT, strictly (FSDP: rank 0 only; the
+        others receive them when the model is sharded)."""
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        self.start_step = int(state["step"])
+        if state.get("trainable") != self.trainable:
+            raise TrainConfigError(f"schedule.resume: {path} trained other parameters (objective changed?)")
+        log.info("resuming from %s at step %d", path, self.start_step)
+        if self.broadcast_init and not self.env.main:
+            return
         tensors = read_tensors(path)
         bare = {}
         for key, value in tensors.items():
@@ -406,11 +434,6 @@ class Trainer:
         if missing or unexpected:
             raise TrainConfigError(f"schedule.resume: {path} does not fit this run's model (mode "
                                    f"{self.cfg.objective.mode}): missing {missing[:5]}, unexpected {unexpected[:5]}")
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        self.start_step = int(state["step"])
-        if state.get("trainable") != self.trainable:
-            raise TrainConfigError(f"schedule.resume: {path} trained other parameters (objective changed?)")
-        log.info("resumed from %s at step %d", path, self.start_step)
 
     def _load_optimizer(self, path: Path) -> None:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)

@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from model_core.checkpoint import load_model
+from model_core.factory import save_bundle, tiny_components
 from model_core.training.train import StepBatches
 from tests.training.lerobot_fixtures import make_episode, train_config, write_v21
 
@@ -75,6 +76,27 @@ def test_fsdp_matches_ddp(dataset, ddp_run, tmp_path):
         torch.testing.assert_close(fsdp[k], ddp[k], atol=1e-5, rtol=1e-4)
     dit, _ = load_model(tmp_path / "run" / "final")
     assert all(torch.equal(v, fsdp[k]) for k, v in dit.state_dict().items())
+
+
+def test_fsdp_lora_from_a_checkpoint_read_by_rank_zero_only(dataset, tmp_path):
+    """Rank 1 builds on the meta device and gets its shards from rank 0: the frozen base weights it saves must be
+    the checkpoint's, bit for bit, and both ranks must end with the same full weights."""
+    dit, vae, text, image = tiny_components(seed=3)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    save_bundle(tmp_path / "base", dit, vae, text, image, (64, 128))
+    out = launch(dataset, tmp_path, "fsdp", model={"preset": None, "init_from": str(tmp_path / "base"),
+                                                   "encoders": "checkpoint"}, objective={"mode": "lora"})
+    w0, w1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    base = dit.state_dict()
+    for key, value in w0.items():
+        if ".base_layer." in key:
+            assert torch.equal(value, base[key.replace(".base_layer.", ".")]), key
+        elif ".lora_" not in key and not key.startswith(("state_encoder", "action_encoder", "action_decoder")):
+            assert torch.equal(value, base[key]), key
+    assert json.loads((out / "rank1.json").read_text())["changed"] > 0
 
 
 def test_ranks_deal_distinct_samples_within_an_epoch():
