@@ -8,8 +8,9 @@ optimizer step, with one error naming the field / episode):
     1. config (pydantic), embodiment (the runtime's YAML), process group when launched by torchrun
     2. the model: a fresh preset or a checkpoint (`model.init_from`), and its frozen encoders
     3. the dataset checked and turned into samples + statistics (data.py), encoded once into the cache (cache.py)
-    4. LoRA adapters or full fine-tuning; DDP or FSDP2 (`fully_shard` per block) wrapping; optional activation
-       checkpointing per block
+    4. LoRA adapters or full fine-tuning; DDP or FSDP2 wrapping (`fully_shard` per block and per cross-attention;
+       with several ranks only rank 0 reads the weights, the others build on the meta device and receive their
+       shards); optional activation checkpointing per block
     5. AdamW with linear warmup + cosine decay, gradient clipping, bf16 autocast on GPU, gradient accumulation
     6. every `log_every` steps: TensorBoard scalars (loss, video loss, action loss, lr, grad norm) + metrics.jsonl;
        every `val_every`: validation on held-out episodes (action MAE of a sampled rollout, normalised and in robot
@@ -22,7 +23,8 @@ run's config), plus training_state.pt (step, optimizer) for `schedule.resume`. T
 (or any `checkpoints/step_XXXXXX`) with no conversion.
 
 Determinism: the batch of each (step, micro-step, rank) and its noise are pure functions of the seed, so a resumed
-run continues exactly where the interrupted one would have gone.
+run continues exactly where the interrupted one would have gone (bit for bit at a fixed thread count; some
+multi-threaded CPU backward kernels reorder float sums run to run, ~1e-7).
 """
 from __future__ import annotations
 
