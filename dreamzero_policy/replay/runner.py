@@ -166,10 +166,12 @@ class _Plan:
 
 
 def _bag_topic_for(node_topic: str, topic_map: Mapping[str, str]) -> str:
+    """The bag topic that feeds `node_topic`: the one --topic maps to it, else the same name, unless that name is
+    mapped to another node topic ("" then: nothing feeds it)."""
     for bag_topic, target in topic_map.items():
         if target == node_topic:
             return bag_topic
-    return node_topic
+    return "" if node_topic in topic_map else node_topic
 
 
 def preflight(bag: InputBag, options: ReplayOptions) -> _Plan:
@@ -200,7 +202,9 @@ def preflight(bag: InputBag, options: ReplayOptions) -> _Plan:
     for node_topic, msgtype, role in [*required, *[(t, m, r) for t, m, r, _ in truth]]:
         bag_topic = _bag_topic_for(node_topic, options.topic_map)
         have = info.topics.get(bag_topic)
-        if have is None:
+        if have is None and not bag_topic:
+            missing.append(f"{node_topic} ({role}, {msgtype}; --topic maps the bag's {node_topic} elsewhere)")
+        elif have is None:
             hint = ""
             if bag_topic + "/compressed" in info.topics or bag_topic.removesuffix("/compressed") in info.topics:
                 hint = " (the bag has the other image transport: set the camera's transport in the embodiment)"

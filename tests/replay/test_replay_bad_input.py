@@ -1,0 +1,115 @@
+"""Bad input: one clear error line, exit status 1, and nothing written (no output folder, no partial folder)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dreamzero_policy.replay import main
+from replaytest_util import ROSBAG2, cli_params, copy_fixture
+
+
+def _fails(args: list[str], tmp_path: Path, capsys) -> str:
+    out = tmp_path / "out"
+    rc = main([*args, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("dreamzero-replay:")]
+    assert len(lines) == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*")), sorted(tmp_path.iterdir())
+    return lines[0]
+
+
+def test_a_missing_configured_topic_is_named_with_the_topics_the_bag_has(sim_bags, tiny_checkpoint, tmp_path,
+                                                                         capsys):
+    error = _fails([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), "--embodiment", "agibot_g1"], tmp_path,
+                   capsys)
+    assert "missing /record/head_camera_rgb" in error and "/record/left_camera_rgb" in error
+    assert "the bag has: /cameras/exterior_1/image_raw (sensor_msgs/msg/Image, 33)" in error
+    assert "--topic BAG_TOPIC:=NODE_TOPIC" in error
+
+
+def test_a_real_ros1_bag_without_the_topics_lists_its_topics(tiny_checkpoint, tmp_path, capsys):
+    bag = copy_fixture("robot_calibration_ros1/calibration_poses.bag", tmp_path)
+    error = _fails([str(bag), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "missing /cameras/wrist/image_raw" in error and "/joint_states (joint states" in error
+    assert "calibration_joint_states (sensor_msgs/msg/JointState, 61)" in error
+
+
+def test_unsupported_serialization(tiny_checkpoint, tmp_path, capsys):
+    bag = copy_fixture("ros2_rosbag2_test_resources/sqlite3_wrong_rmw_test", tmp_path)
+    error = _fails([str(bag), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "CDR serialization" in error and "wrong_format" in error
+
+
+def test_unsupported_storage(tiny_checkpoint, tmp_path, capsys):
+    bag = copy_fixture("ros2_rosbag2_test_resources/sqlite3_empty_bag", tmp_path)
+    metadata = yaml.safe_load((bag / "metadata.yaml").read_text())
+    metadata["rosbag2_bagfile_information"]["storage_identifier"] = "rosbag_v2"
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(metadata))
+    error = _fails([str(bag), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "storage mcap or sqlite3" in error and "rosbag_v2" in error
+    other = tmp_path / "recording.hdf5"
+    other.write_bytes(b"\x89HDF\r\n\x1a\n")
+    error = _fails([str(other), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "unsupported storage format '.hdf5'" in error
+
+
+def test_a_non_ros_mcap(tiny_checkpoint, tmp_path, capsys):
+    bag = copy_fixture("lbx_franka_teach_json_mcap/trajectory_20250527_002946_00m00s.mcap", tmp_path)
+    error = _fails([str(bag), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "profile 'ros2'" in error and "message encoding ['json']" in error and "not a ROS 2 bag" in error
+
+
+@pytest.mark.parametrize("fmt", ["mcap", "sqlite3"])
+def test_a_truncated_file(sim_bags, tiny_checkpoint, tmp_path, capsys, fmt):
+    bag = tmp_path / "truncated"
+    shutil.copytree(sim_bags[fmt][0], bag)
+    storage = next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+    storage.write_bytes(storage.read_bytes()[:storage.stat().st_size // 2])
+    error = _fails([str(bag), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "a complete, readable bag" in error and "truncated or corrupt" in error
+
+
+def test_no_messages_in_range(sim_bags, tiny_checkpoint, tmp_path, capsys):
+    error = _fails([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), "--start", "100"], tmp_path, capsys)
+    assert "range 100 .. 3.2 s" in error and "none on /joint_states" in error and "spans 0 .. 3.200 s" in error
+
+
+@pytest.mark.parametrize("name", ["sqlite3_empty_bag", "sqlite3_file_compressed_zstd"])
+def test_an_empty_bag(tiny_checkpoint, tmp_path, capsys, name):
+    bag = copy_fixture(f"ros2_rosbag2_test_resources/{name}", tmp_path)
+    error = _fails([str(bag), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "an empty bag (0 messages; topics: /parameter_events (rcl_interfaces/msg/ParameterEvent, 0)" in error
+
+
+def test_no_instruction_anywhere(sim_bags, tiny_checkpoint, tmp_path, capsys):
+    error = _fails([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), "--topic",
+                    "/dreamzero/instruction:=/elsewhere"], tmp_path, capsys)
+    assert "instruction" in error and "--instruction TEXT" in error
+
+
+def test_a_bad_checkpoint_fails_after_the_output_was_started_and_leaves_nothing(sim_bags, tmp_path, capsys):
+    """The checkpoint only fails when the node configures (after the output folder was begun): still no output."""
+    error = _fails([str(sim_bags["mcap"][0]), "--checkpoint", str(tmp_path / "missing"), "--no-progress"],
+                   tmp_path, capsys)
+    assert "policy node: expected to configure" in error and "checkpoint" in error
+
+
+def test_the_output_folder_is_never_overwritten_by_accident(sim_bags, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "keep").mkdir(parents=True)
+    rc = main([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), "--out", str(out)])
+    assert rc == 1 and "exists" in capsys.readouterr().err and (out / "keep").is_dir()
+
+
+def test_bad_command_line_values(sim_bags, tiny_checkpoint, tmp_path, capsys):
+    for extra, words in ((["-p", "num_steps:=many"], "parameter num_steps"),
+                         (["--inference-delay-ms", "soon"], "--inference-delay-ms"),
+                         (["--topic", "joint_states"], "--topic"),
+                         (["--embodiment", "no_such_robot"], "embodiment")):
+        error = _fails([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), *extra], tmp_path, capsys)
+        assert words in error, error
+    assert ROSBAG2.is_dir()
