@@ -23,14 +23,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_tiny_reach_recipe_on_sim_demos(tmp_path):
-    record("reach", 2, tmp_path / "reach", "lerobot", seed=0, image_hw=(36, 64))
+    record("reach", 1, tmp_path / "reach", "lerobot", seed=0, image_hw=(36, 64))
     data = yaml.safe_load((REPO / "config" / "train" / "tiny_reach.yaml").read_text())
-    data["dataset"].update(root=str(tmp_path / "reach"), sample_stride=8, val_fraction=0.5)
+    data["dataset"].update(root=str(tmp_path / "reach"), sample_stride=8, val_fraction=0.0)
     data["run"].update(output_dir=str(tmp_path / "run"), progress=False, device="cpu")
     data["schedule"].update(max_steps=2, log_every=1)
     data["optim"].update(warmup_steps=1, batch_size=2)
     result = run(parse_config(data, base_dir=REPO / "config" / "train"))
-    assert result.step == 2 and [h["kind"] for h in result.history] == ["train", "train", "val"]
+    assert result.step == 2 and [h["kind"] for h in result.history] == ["train", "train"]
 
     emb = load_embodiment("franka_droid")
     model = load_model(PolicyConfig(checkpoint=str(result.checkpoint), embodiment="franka_droid", device="cpu",

@@ -210,9 +210,9 @@ def test_engine_overrides_are_checked_before_training(dataset, cache_dir, tmp_pa
 
 
 def test_bad_video_fails_before_the_first_step(tmp_path):
-    root = write_v21(tmp_path / "ds", [make_episode(0, 60), make_episode(1, 60)], video_lengths={1: 59})
+    root = write_v21(tmp_path / "ds", [make_episode(0, 60), make_episode(1, 60)], video_lengths={0: 59})
     cfg = config(root, tmp_path / "out", tmp_path / "cache")
-    with pytest.raises(DatasetError, match=r"episode 1, field 'observation.images.\w+': the video has 59 frames"):
+    with pytest.raises(DatasetError, match=r"episode 0, field 'observation.images.\w+': the video has 59 frames"):
         Trainer(cfg)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
