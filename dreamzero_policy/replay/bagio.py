@@ -234,10 +234,6 @@ class InputBag:
             raise BagError(f"bag {self.path}: topic {topic or '?'}", f"a decodable {msgtype} message",
                            f"{type(e).__name__}: {e}") from None
 
-    def to_cdr(self, raw: bytes, msgtype: str) -> bytes:
-        """The message as CDR bytes (ROS 1 messages converted with the bag's own definitions)."""
-        return bytes(self.typestore.ros1_to_cdr(raw, msgtype)) if self.is_ros1 else raw
-
     def close(self) -> None:
         if getattr(self, "reader", None) is not None and self.reader.stack is not None:
             self.reader.close()
@@ -276,34 +272,61 @@ class OutputBag:
         self.counts: dict[str, int] = {}
         self.types: dict[str, str] = {}
 
-    def _input_connection(self, connection) -> Any | None:
+    def _input_connection(self, connection) -> tuple[Any, Any] | None:
+        """(output connection, raw -> CDR converter) of an input connection; None for a skipped topic."""
         key = (connection.topic, connection.msgtype)
         if key in self._connections:
             return self._connections[key]
+        source, msgtype = self._source, connection.msgtype
+        store, convert = source.typestore, None
+        if source.is_ros1:
+            store, convert = self._ros1_converter(msgtype)
         qos = list(getattr(connection.ext, "offered_qos_profiles", []) or [])
-        out = None
+        entry = None
         try:
-            out = self.writer.add_connection(connection.topic, connection.msgtype, typestore=self._source.typestore,
-                                             offered_qos_profiles=qos)
+            entry = (self.writer.add_connection(connection.topic, msgtype, typestore=store,
+                                                offered_qos_profiles=qos), convert)
         except Exception as e:  # no definition for this type anywhere: keep the rest of the bag
-            self.skipped[connection.topic] = f"{connection.msgtype}: {type(e).__name__}: {e}"
-        self._connections[key] = out
-        return out
+            self.skipped[connection.topic] = f"{msgtype}: {type(e).__name__}: {e}"
+        self._connections[key] = entry
+        return entry
+
+    def _ros1_converter(self, msgtype: str):
+        """ROS 1 messages of a standard type become the ROS 2 definition (std_msgs/Header loses seq, ...); other
+        types keep the bag's own definition, serialized as CDR."""
+        source = self._source.typestore
+        target = msgs.typestore()
+        if msgtype in target.types:
+            from rosbags.convert.converter import migrate_message
+
+            cache: dict = {}
+            return target, lambda raw: target.serialize_cdr(
+                migrate_message(source, target, msgtype, msgtype, cache, source.deserialize_ros1(raw, msgtype)),
+                msgtype)
+        return source, lambda raw: source.ros1_to_cdr(raw, msgtype)
 
     def copy(self, connection, t_ns: int, raw: bytes) -> None:
         """An input message, as it is (ROS 1: converted to CDR)."""
-        out = self._input_connection(connection)
-        if out is None:
+        entry = self._input_connection(connection)
+        if entry is None:
             return
-        data = self._source.to_cdr(raw, connection.msgtype) if self._source.is_ros1 else raw
+        out, convert = entry
+        data = raw
+        if convert is not None:
+            try:
+                data = bytes(convert(raw))
+            except Exception as e:  # one unconvertible message: the topic is incomplete, say so
+                self.skipped.setdefault(connection.topic, f"{connection.msgtype}: a message at {t_ns} ns could "
+                                        f"not be converted to CDR ({type(e).__name__}: {e})")
+                return
         self._write(out, connection.topic, connection.msgtype, t_ns, data)
 
     def write_output(self, topic: str, msgtype: str, t_ns: int, cdr: bytes) -> None:
         """A message the node published (CDR bytes of dreamzero_policy.msgs.typestore())."""
         key = (topic, msgtype)
         if key not in self._connections:
-            self._connections[key] = self.writer.add_connection(topic, msgtype, typestore=msgs.typestore())
-        self._write(self._connections[key], topic, msgtype, t_ns, cdr)
+            self._connections[key] = (self.writer.add_connection(topic, msgtype, typestore=msgs.typestore()), None)
+        self._write(self._connections[key][0], topic, msgtype, t_ns, cdr)
 
     def _write(self, connection, topic: str, msgtype: str, t_ns: int, data: bytes) -> None:
         self.writer.write(connection, t_ns, data)

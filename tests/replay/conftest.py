@@ -9,6 +9,17 @@ import pytest
 from replaytest_util import write_tiny_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny model on one thread: on 2 shared cores a second thread mostly waits for the other processes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("replay_ckpt"))

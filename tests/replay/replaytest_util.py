@@ -67,8 +67,11 @@ def rewrite_bag(src: Path, dst: Path, storage: str = "mcap", transform: Callable
     store = msgs.typestore()
     with AnyReader([src], default_typestore=store) as reader:
         if ros1:
+            from rosbags.convert.converter import migrate_bytes
             from rosbags.rosbag1 import Writer as Writer1
+            from rosbags.typesys import Stores, get_typestore
 
+            noetic, cache = get_typestore(Stores.ROS1_NOETIC), {}  # ROS 1 definitions (std_msgs/Header has seq)
             writer = Writer1(dst)
         else:
             writer = Writer(dst, version=9, storage_plugin={"mcap": StoragePlugin.MCAP,
@@ -80,7 +83,7 @@ def rewrite_bag(src: Path, dst: Path, storage: str = "mcap", transform: Callable
         for c in reader.connections:
             if (c.topic, c.msgtype) not in connections:
                 if ros1:
-                    connections[(c.topic, c.msgtype)] = writer.add_connection(c.topic, c.msgtype, typestore=store)
+                    connections[(c.topic, c.msgtype)] = writer.add_connection(c.topic, c.msgtype, typestore=noetic)
                 else:
                     connections[(c.topic, c.msgtype)] = writer.add_connection(
                         c.topic, c.msgtype, typestore=store, offered_qos_profiles=c.ext.offered_qos_profiles)
@@ -90,7 +93,8 @@ def rewrite_bag(src: Path, dst: Path, storage: str = "mcap", transform: Callable
                 msg = transform(c.topic, reader.deserialize(raw, c.msgtype))
                 data = store.serialize_cdr(msg, c.msgtype)
             if ros1:
-                data = store.cdr_to_ros1(bytes(data), c.msgtype)
+                data = migrate_bytes(store, noetic, c.msgtype, c.msgtype, cache, bytes(data), src_is2=True,
+                                     dst_is2=False)
             writer.write(connections[(c.topic, c.msgtype)], t, bytes(data))
         writer.close()
     return dst
