@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
                             decode_video=args.decode_video, output_storage=args.output_storage,
                             progress=not args.no_progress)
     _, config, embodiment = node_config(options.node_params)
+    if not config.checkpoint or not Path(config.checkpoint).expanduser().exists():
+        raise DreamZeroError("--checkpoint", "an existing checkpoint directory", repr(config.checkpoint),
+                             "the model replay compares (also for --policy oracle: its normalisation statistics)")
     out = Path(args.out or f"dreamzero_replay_{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise DreamZeroError("--out", "a new or empty folder (or --force)", f"{out} exists")

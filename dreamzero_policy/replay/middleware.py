@@ -194,15 +194,19 @@ class BagTimeMiddleware(Middleware):
         timer.due_ns += timer.period_ns
         self._run_callback("timer", timer.callback)
 
-    def run_timers_until(self, t_ns: int) -> None:
-        """Fire every timer due at or before `t_ns`, in time order; after a long silence only the last
-        MAX_CATCH_UP_TICKS periods of each timer run (counted in `ticks_skipped`)."""
+    def skip_ahead(self, t_ns: int) -> None:
+        """After a long silence, keep only the last MAX_CATCH_UP_TICKS periods of each timer before `t_ns` (the
+        skipped ticks are counted in `ticks_skipped`)."""
         for timer in self.timers:
             behind = (t_ns - timer.due_ns) // timer.period_ns
             if not timer.cancelled and behind > self.MAX_CATCH_UP_TICKS:
                 skip = behind - self.MAX_CATCH_UP_TICKS
                 timer.due_ns += skip * timer.period_ns
                 self.ticks_skipped += skip
+
+    def run_timers_until(self, t_ns: int) -> None:
+        """Fire every timer due at or before `t_ns`, in time order (after `skip_ahead`)."""
+        self.skip_ahead(t_ns)
         while (timer := self.next_timer()) is not None and timer.due_ns <= t_ns:
             self.fire(timer)
 

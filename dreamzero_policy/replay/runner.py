@@ -350,8 +350,11 @@ class BagReplay:
         if not ok:
             raise ReplayError("policy node", "to configure", message.removeprefix("configure failed: "))
         node = self.node
-        # The one difference to the live node: no session worker thread (see the module docstring).
+        # The one difference to the live node: no session worker thread (see the module docstring). The session
+        # hands its chunks to the replay, which passes them on to the node's own hand-off (execution, safety, the
+        # controller and ~/action_chunk publishers) at the simulated delivery time.
         node.session.start = lambda: None
+        self._node_on_chunk = node.session.on_chunk
         node.session.on_chunk = self._on_chunk_computed
         buffer = node.buffer
         next_block = buffer.next_block
@@ -411,8 +414,7 @@ class BagReplay:
             record.fate = "discarded"
             return
         record.t_delivered_ns, record.fate = self.clock.now_ns(), "delivered"
-
-        self.node._on_chunk(result)
+        self._node_on_chunk(result)
 
     def _infer(self) -> None:
         """What the idle session worker does: take a complete block if there is one and run the model."""
@@ -431,23 +433,21 @@ class BagReplay:
                 self._deliver_pending()  # no simulated delay: execution gets it at once
 
     def _advance_to(self, t_ns: int, inclusive: bool = False) -> None:
-        """Run deliveries and timers due before `t_ns` (or at it, when inclusive) in time order."""
+        """Run deliveries and timers due before `t_ns` (or at it, when inclusive) in time order; at equal times
+        the chunk is delivered first."""
+        self.mw.skip_ahead(t_ns)
         while True:
             timer = self.mw.next_timer()
             due_timer = timer.due_ns if timer is not None else None
             due_chunk = self._pending[0] if self._pending is not None else None
-            candidates = [d for d in (due_chunk, due_timer) if d is not None and (d <= t_ns if inclusive
-                                                                                 else d < t_ns)]
-            if not candidates:
+            due = [d for d in (due_chunk, due_timer) if d is not None and (d <= t_ns if inclusive else d < t_ns)]
+            if not due:
                 return
-            if due_chunk is not None and due_chunk == min(candidates):
+            if due_chunk is not None and due_chunk == min(due):
                 self._deliver_pending()
                 self._infer()
             else:
-                if due_timer - self.clock.now_ns() > self.mw.MAX_CATCH_UP_TICKS * timer.period_ns:
-                    self.mw.run_timers_until(due_timer)  # skips ahead after a long silence
-                else:
-                    self.mw.fire(timer)
+                self.mw.fire(timer)
 
     # --- video ---
     def _video_step(self, result) -> None:
@@ -507,15 +507,18 @@ class BagReplay:
         t0 = first[1]
         storage = options.output_storage if options.output_storage != "same" else (
             info.storage if info.storage in ("mcap", "sqlite3") else "mcap")
-        self._start_node(t0)
-        tic = time.perf_counter()
+        self.node = None
+        self.mw = None
         try:
+            self._start_node(t0)
+            tic = time.perf_counter()
             if self.out_dir is not None:
                 self._output = OutputBag(self.out_dir / "replay_bag", storage, bag, custom_data={
                     "dreamzero_replay.source": str(info.path), "dreamzero_replay.embodiment": self.embodiment.name,
                     "dreamzero_replay.checkpoint": self.plan.config.checkpoint,
                     "dreamzero_replay.inference_delay_ms": str(options.inference_delay_ms)})
             self._replay_messages(t0)
+            wall = time.perf_counter() - tic
             counters, status = self.node.counters(), _status_fields(self.node.status_msg())
             safety = self.node.safety.counters()
             stages = {k: {"p50": v[0], "p90": v[1], "p99": v[2], "n": v[3]}
@@ -526,11 +529,12 @@ class BagReplay:
                      "engine": type(self.node.model.engine).__name__}
             self.mw.sink = None  # what the node sends while shutting down is not part of the replay
         finally:
-            self.node.shutdown()
-            self.mw.shutdown()
+            if self.node is not None:
+                self.node.shutdown()
+            if self.mw is not None:
+                self.mw.shutdown()
             if self._output is not None:
                 self._output.close()
-        wall = time.perf_counter() - tic
         recorded = (self._end_ns - t0) / 1e9
         return self._result(t0, counters, status, safety, stages, model, wall, recorded)
 
@@ -598,6 +602,11 @@ class BagReplay:
             note = ("no imagined video: the engine returned no video latents" if not self._had_latents
                     else "no two consecutive blocks to compare")
         output = self._output.summary() if self._output is not None else {}
+        for topic, reason in output.get("skipped_topics", {}).items():
+            self.warnings.append(f"output bag: topic {topic} not copied ({reason})")
+        if self.counts["session_errors"]:
+            self.warnings.append(f"{self.counts['session_errors']} model call(s) failed; the session started a new "
+                                 "episode after each (see the log)")
         return ReplayResult(
             bag=self.bag.info, options=self.options, embodiment=emb, joints=self._joints, gripper_joints=grippers,
             range_ns=(t0, self._end_ns), chunks=self.chunks, ground_truth=self.ground_truth, executed=executed,

@@ -92,10 +92,14 @@ def test_no_instruction_anywhere(sim_bags, tiny_checkpoint, tmp_path, capsys):
 
 
 def test_a_bad_checkpoint_fails_after_the_output_was_started_and_leaves_nothing(sim_bags, tmp_path, capsys):
-    """The checkpoint only fails when the node configures (after the output folder was begun): still no output."""
-    error = _fails([str(sim_bags["mcap"][0]), "--checkpoint", str(tmp_path / "missing"), "--no-progress"],
+    """A checkpoint folder that does not load only fails when the node configures (after the output folder was
+    begun): still no output. A missing one is refused up front."""
+    (tmp_path / "not_a_checkpoint").mkdir()
+    error = _fails([str(sim_bags["mcap"][0]), "--checkpoint", str(tmp_path / "not_a_checkpoint"), "--no-progress"],
                    tmp_path, capsys)
     assert "policy node: expected to configure" in error and "checkpoint" in error
+    error = _fails([str(sim_bags["mcap"][0]), "--checkpoint", str(tmp_path / "missing")], tmp_path, capsys)
+    assert "--checkpoint: expected an existing checkpoint directory" in error
 
 
 def test_the_output_folder_is_never_overwritten_by_accident(sim_bags, tiny_checkpoint, tmp_path, capsys):
