@@ -43,7 +43,8 @@ setup(
     extras_require={
         "encoders": ["diffusers>=0.32", "transformers>=4.45", "sentencepiece", "ftfy"],
         "sim": ["pybullet>=3.2.6", "av>=12", "pyarrow>=14"],
-        "train": ["tensorboard>=2.14", "av>=12", "pyarrow>=14"],
+        "train": ["tensorboard>=2.14", "av>=12", "pyarrow>=14", "diffusers>=0.32", "transformers>=4.45", "sentencepiece",
+                  "ftfy"],
         "report": ["matplotlib>=3.7"],
         "tensorrt": ["tensorrt"],
         "dev": ["pytest>=7", "hypothesis>=6", "diffusers>=0.32", "transformers>=4.45", "sentencepiece", "ftfy",

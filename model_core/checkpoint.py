@@ -123,21 +123,32 @@ def dit_state_dict(tensors: dict[str, torch.Tensor], lora_scale: float = LORA_DE
 # Config
 # ---------------------------------------------------------------------------------------------------------------
 
-def _find_dit_config(node: Any) -> dict | None:
+def find_dit_config(node: Any) -> dict | None:
     """The first dict (depth-first) that holds DiT constructor values, in a flat or nested release config."""
     if isinstance(node, dict):
         if {"dim", "num_layers", "num_heads"} <= node.keys():
             return node
         for value in node.values():
-            found = _find_dit_config(value)
+            found = find_dit_config(value)
             if found is not None:
                 return found
     if isinstance(node, list):
         for value in node:
-            found = _find_dit_config(value)
+            found = find_dit_config(value)
             if found is not None:
                 return found
     return None
+
+
+def read_dit_config(path: str | Path) -> DiTConfig:
+    """The DiT config of a checkpoint directory from its config.json alone (no tensors are read)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{config_file} does not exist")
+    found = find_dit_config(json.loads(config_file.read_text()))
+    if found is None:
+        raise CheckpointError(f"{config_file}: no DiT config (dict with dim/num_layers/num_heads) found")
+    return DiTConfig.from_dict(found)
 
 
 def shapes_implied_by(config: DiTConfig) -> dict[str, tuple[int, ...]]:
@@ -181,7 +192,7 @@ def load_checkpoint(path: str | Path, config: DiTConfig | None = None) -> Checkp
     if config_file.exists():
         raw = json.loads(config_file.read_text())
     if config is None:
-        found = _find_dit_config(raw)
+        found = find_dit_config(raw)
         if found is None:
             raise CheckpointError(f"{config_file}: no DiT config (dict with dim/num_layers/num_heads) found; "
                                   "pass a DiTConfig or a preset explicitly")

@@ -47,7 +47,7 @@ def _resolve(root: Path, path: str | None) -> Path | None:
     return p if p.is_absolute() else root / p
 
 
-def _encoders(spec: dict, root: Path, device, dtype):
+def load_encoders(spec: dict, root: Path, device, dtype):
     """Instantiate the frozen encoders a checkpoint's `encoders` table names."""
     vae_spec = spec.get("vae")
     if not vae_spec or "path" not in vae_spec:
@@ -78,7 +78,7 @@ def build_engine(checkpoint: str | Path, device: str | torch.device = "cpu", bac
     if "video_hw" not in section:
         raise ConfigError(f"{checkpoint}: config.json has no {SECTION}.video_hw; pass it as an override")
     root = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
-    vae, text, image = _encoders(section.get("encoders", {}), root, device, dtype)
+    vae, text, image = load_encoders(section.get("encoders", {}), root, device, dtype)
     engine_cfg = EngineConfig(video_hw=tuple(section["video_hw"]), **section.get("engine", {}))
     dit = apply_backend(dit, backend, device)
     return WorldActionEngine(dit, vae, text, image, engine_cfg), ckpt
@@ -93,7 +93,8 @@ def tiny_components(seed: int = 0, dit_config: DiTConfig | None = None):
 
 def save_bundle(directory: str | Path, dit: CausalWanModel, vae: WanVAE, text: PromptEncoder,
                 image: ImageEncoder | None, video_hw: tuple[int, int], metadata: dict | None = None,
-                engine: dict[str, Any] | None = None, tiny_encoders: bool = True) -> Path:
+                engine: dict[str, Any] | None = None, tiny_encoders: bool = True,
+                prefix: str = "action_head.model.") -> Path:
     """Write a self-contained checkpoint: DiT (release layout), encoders (original layouts) and the section."""
     from safetensors.torch import save_file
 
@@ -108,5 +109,5 @@ def save_bundle(directory: str | Path, dit: CausalWanModel, vae: WanVAE, text: P
         encoders[name] = {"path": rel, "tiny": tiny_encoders}
     encoders["vae"]["variant"] = vae.variant
     section = {"video_hw": list(video_hw), "engine": engine or {}, "encoders": encoders}
-    return save_checkpoint(dit, directory, metadata=metadata, extra_config={SECTION: section})
+    return save_checkpoint(dit, directory, metadata=metadata, extra_config={SECTION: section}, prefix=prefix)
 

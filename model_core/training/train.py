@@ -282,12 +282,11 @@ class Trainer:
         # device and receive their shards from rank 0 after sharding (see _wrap), so a 14B model is read once.
         on_meta = self.broadcast_init and not self.env.main
         if mcfg.init_from:
-            from model_core.checkpoint import _find_dit_config, load_model
+            from model_core.checkpoint import load_model, read_dit_config
             if on_meta:
-                raw = json.loads((Path(mcfg.init_from) / "config.json").read_text())
                 with torch.device("meta"):
-                    dit = CausalWanModel(DiTConfig.from_dict(_find_dit_config(raw)))
-                extra = raw
+                    dit = CausalWanModel(read_dit_config(mcfg.init_from))
+                extra = json.loads((Path(mcfg.init_from) / "config.json").read_text())
             else:
                 dit, ckpt = load_model(mcfg.init_from, dtype=torch.float32)
                 extra = ckpt.extra
@@ -307,9 +306,9 @@ class Trainer:
             image = ImageEncoder.tiny(seed=mcfg.init_seed).to(self.env.device)
         else:
             from model_core.backends import default_dtype
-            from model_core.factory import _encoders  # the same loader (and dtype) build_engine uses
+            from model_core.factory import load_encoders  # the same loader (and dtype) build_engine uses
             root = Path(mcfg.init_from) if mcfg.init_from else Path(".")
-            vae, text, image = _encoders(section.get("encoders", {}), root, self.env.device,
+            vae, text, image = load_encoders(section.get("encoders", {}), root, self.env.device,
                                          default_dtype(self.env.device))
         text.cache_dir = self.cfg.cache_dir / "prompt_embeds"
         if image is not None and (not cfg.objective.condition_on_image or image.width != dit.cfg.clip_dim):
@@ -642,9 +641,8 @@ class Trainer:
         if cfg.model.encoders == "tiny" or (specs and all(v.get("tiny") for v in specs)):
             # tiny encoders are small: copy them in, the checkpoint is self-contained
             save_bundle(directory, model, self.encoders.vae, self.encoders.text, self.encoders.image,
-                        self.video_hw, metadata=metadata, engine=engine)
-            if lora:
-                _rename_to_release_lora(directory)
+                        self.video_hw, metadata=metadata, engine=engine,
+                        prefix=RELEASE_LORA_PREFIX if lora else PLAIN_PREFIX)
         else:
             section = _merge(self.section, {"video_hw": list(self.video_hw), "engine": engine})
             root = Path(cfg.model.init_from).resolve() if cfg.model.init_from else Path.cwd()
@@ -678,16 +676,6 @@ class Trainer:
 
     def close(self) -> None:
         self.env.close()
-
-
-def _rename_to_release_lora(directory: Path) -> None:
-    """save_bundle writes `action_head.model.<name>`; LoRA checkpoints of the release nest the DiT one level deeper
-    (`action_head.model.base_model.model.<name>`, PEFT's wrapper). Rewrite model.safetensors with those names."""
-    from safetensors.torch import load_file, save_file
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
-    renamed = {RELEASE_LORA_PREFIX + k.removeprefix(PLAIN_PREFIX): v for k, v in tensors.items()}
-    save_file(renamed, str(path), metadata={"format": "pt"})
 
 
 def _state_step(path: Path) -> int:

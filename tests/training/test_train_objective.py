@@ -13,7 +13,7 @@ from model_core.schedulers import training_schedule
 from model_core.training.config import ObjectiveConfig
 from model_core.training.lora import LoRALinear, adapter_config, apply_lora, merged_state_dict
 from model_core.training.objective import FlowMatchingObjective, step_seed
-from model_core.training.train import RELEASE_LORA_PREFIX, _rename_to_release_lora
+from model_core.training.train import RELEASE_LORA_PREFIX
 
 CFG = preset("tiny")
 NB = 2
@@ -158,8 +158,7 @@ def test_release_layout_checkpoint_merges_on_load(tmp_path):
             if isinstance(m, LoRALinear):
                 m.lora_B["default"].weight.normal_(std=0.05)
     trained = forward(model)
-    save_checkpoint(model, tmp_path)
-    _rename_to_release_lora(tmp_path)
+    save_checkpoint(model, tmp_path, prefix=RELEASE_LORA_PREFIX)
     (tmp_path / "adapter_config.json").write_text(json.dumps(adapter_config(4, 8.0, ("q",))))
     from safetensors import safe_open
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
