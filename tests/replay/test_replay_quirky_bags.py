@@ -108,3 +108,55 @@ def test_unset_stamps_are_refused_or_replayed_in_log_time(sim_bags, tiny_checkpo
     _assert_zero(restamped)
     plain = _oracle(sim_bags["mcap"][0], tiny_checkpoint)
     assert [c.t_obs_ns for c in restamped.chunks] == [c.t_obs_ns for c in plain.chunks]
+
+
+def test_compressed_camera_topics_go_through_the_nodes_compressed_path(sim_bags, tiny_checkpoint, tmp_path):
+    """exterior_1 recorded as PNG CompressedImage on <topic>/compressed, with an embodiment that says so: lossless,
+    so the model sees the same frames and computes the same chunks as from the raw images."""
+    import cv2
+    import yaml
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from dreamzero_policy import msgs
+    from dreamzero_policy.embodiment import load_embodiment
+
+    raw_topic = "/cameras/exterior_1/image_raw"
+    source, bag = sim_bags["mcap"][0], tmp_path / "compressed_camera"
+    store = msgs.typestore()
+    compressed_cls = store.types["sensor_msgs/msg/CompressedImage"]
+    with AnyReader([source]) as reader:
+        writer = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP)
+        writer.open()
+        out = {}
+        for c in reader.connections:
+            topic, msgtype = (raw_topic + "/compressed", "sensor_msgs/msg/CompressedImage") if c.topic == raw_topic \
+                else (c.topic, c.msgtype)
+            out[c.topic] = (writer.add_connection(topic, msgtype, typestore=store), msgtype)
+        for c, t, raw in reader.messages():
+            connection, msgtype = out[c.topic]
+            if c.topic == raw_topic:
+                image = reader.deserialize(raw, c.msgtype)
+                rgb = np.asarray(image.data).reshape(image.height, image.width, 3)
+                ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                raw = store.serialize_cdr(compressed_cls(header=image.header, format="rgb8; png compressed bgr8",
+                                                         data=png.reshape(-1)), msgtype)
+            writer.write(connection, t, bytes(raw))
+        writer.close()
+    data = load_embodiment("franka_droid").model_dump()
+    for camera in data["cameras"]:
+        if camera["name"] == "exterior_1":
+            camera["transport"] = "compressed"
+    embodiment = tmp_path / "franka_compressed.yaml"
+    embodiment.write_text(yaml.safe_dump(data, sort_keys=False))
+    plain = replay_bag(source, ReplayOptions(node_params=node_params(tiny_checkpoint)))
+    compressed = replay_bag(bag, ReplayOptions(node_params=node_params(tiny_checkpoint,
+                                                                      embodiment=str(embodiment))))
+    assert compressed.counters.get("input.malformed_image", 0) == 0
+    from dreamzero_policy.replay.bagio import BagError
+
+    with pytest.raises(BagError, match="the bag has the other image transport"):  # raw expected: a clear refusal
+        replay_bag(bag, ReplayOptions(node_params=node_params(tiny_checkpoint)))
+    assert len(plain.chunks) == len(compressed.chunks) >= 3
+    for a, b in zip(plain.chunks, compressed.chunks):
+        np.testing.assert_array_equal(a.predicted, b.predicted)
