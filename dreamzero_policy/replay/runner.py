@@ -7,10 +7,11 @@ and controller publishers run unchanged. What replay changes, and only this:
 - time is bag time (`BagClock`): the log time of the message being delivered, or the due time of a timer;
 - the session's worker thread is not started: when a delivered message completes a block, the replay calls
   `Session.run_once` right there (inference happens synchronously at the bag time the block completes; its wall
-  time is measured and reported), and hands the chunk to the node's `_on_chunk` at that time plus the simulated
-  inference delay (`inference_delay_ms`, or `measured` for the measured latency), so the splice drops the actions
-  that would have been due while the model ran, as live. While a chunk is "in flight" no new model call starts and
-  the block buffer keeps only the newest blocks, as live; a chunk whose episode was reset in flight is discarded;
+  time is measured and reported), and hands the chunk on to the node's own hand-off (the session's `on_chunk`:
+  execution, safety, the controller and ~/action_chunk publishers) at that time plus the simulated inference
+  delay (`inference_delay_ms`, or `measured` for the measured latency), so the splice drops the actions that would
+  have been due while the model ran, as live. While a chunk is "in flight" no new model call starts and the block
+  buffer keeps only the newest blocks, as live; a chunk whose episode was reset in flight is discarded;
   a chunk due after the last message of the replayed range is scored but not executed (nothing to execute it on);
 - the node's control and status timers fire at their due times on the bag clock.
 
@@ -33,7 +34,7 @@ from dreamzero_policy.errors import DreamZeroError
 from dreamzero_policy.replay.bagio import BagError, InputBag, OutputBag
 from dreamzero_policy.replay.engines import EngineFactory, RecordingEngine, ReplayContext
 from dreamzero_policy.replay.groundtruth import CommandTimeline, Timeline
-from dreamzero_policy.replay.metrics import ErrorAccumulator, percentiles, psnr, ssim
+from dreamzero_policy.replay.metrics import ErrorAccumulator, psnr, ssim
 from dreamzero_policy.replay.middleware import BagClock, BagTimeMiddleware
 
 _log = logging.getLogger("dreamzero_policy.replay")
@@ -330,7 +331,7 @@ class BagReplay:
         self._controllers = {c.name: c for c in (emb.controller, emb.gripper_controller) if c is not None}
         self._pending: tuple[int, Any, int] | None = None  # (due ns, ChunkResult, resets when it started)
         self._block = None
-        self._previous_video: tuple[Any, np.ndarray] | None = None  # (block, imagined frames)
+        self._previous_video: tuple[int, Any, np.ndarray] | None = None  # (chunk index, block, imagined frames)
         self._video_stride = 1
         self._had_latents = False
         self._output: OutputBag | None = None
@@ -456,18 +457,18 @@ class BagReplay:
         block = self._block
         previous, self._previous_video = self._previous_video, None
         if previous is not None:
-            prev_block, imagined = previous
+            call, prev_block, imagined = previous
             contiguous = (block.index == prev_block.index + 1 and len(block.frames) == len(imagined)
                           and abs(int(block.stamps_ns[0]) - int(prev_block.stamps_ns[-1])
                                   - self.node.buffer.period_ns) <= 1)
             if contiguous:
-                self._add_video_pair(result, block, imagined)
+                self._add_video_pair(call, block, imagined)
             else:
                 self.counts["video_pairs_unpaired"] += 1
         if last is None or getattr(last, "video_latents", None) is None:
             return
         self._had_latents = True
-        self._previous_video = (block, self._decode(engine, block, last.video_latents))
+        self._previous_video = (result.index, block, self._decode(engine, block, last.video_latents))
 
     @staticmethod
     def _decode(engine, block, latents) -> np.ndarray:
@@ -484,9 +485,9 @@ class BagReplay:
             frames = ((video.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
         return frames.permute(1, 2, 3, 0).cpu().numpy()
 
-    def _add_video_pair(self, result, block, imagined: np.ndarray) -> None:
+    def _add_video_pair(self, call: int, block, imagined: np.ndarray) -> None:
         real = np.asarray(block.frames)
-        pair = VideoPair(result.index - 1, self.clock.now_ns(), [psnr(r, i) for r, i in zip(real, imagined)],
+        pair = VideoPair(call, self.clock.now_ns(), [psnr(r, i) for r, i in zip(real, imagined)],
                          [ssim(r, i) for r, i in zip(real, imagined)])
         kept = [p for p in self.video if p.real is not None]
         if (len(self.video) % self._video_stride) == 0:
@@ -653,9 +654,10 @@ def _progress(name: str, plan: _Plan, info, enabled: bool):
 
     stop = plan.stop_ns if plan.stop_ns is not None else info.end_ns
     total = max(stop - plan.start_ns, 0) / 1e9
+    # disable=None: no bar when stderr is not a terminal (logs of batch jobs stay readable)
     return tqdm(total=round(total, 3), unit="s", desc=f"replay {name}", dynamic_ncols=True, leave=False,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} bag s [{elapsed}<{remaining}, "
-                           "{rate_fmt}]")
+                disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} bag s "
+                                         "[{elapsed}<{remaining}, {rate_fmt}]")
 
 
 def replay_bag(path: str | Path, options: ReplayOptions, out_dir: Path | None = None,
@@ -668,4 +670,4 @@ def replay_bag(path: str | Path, options: ReplayOptions, out_dir: Path | None = 
 
 
 __all__ = ["ReplayOptions", "ReplayResult", "ReplayError", "BagReplay", "replay_bag", "preflight", "node_config",
-           "ChunkRecord", "VideoPair", "Callable"]
+           "ChunkRecord", "VideoPair"]
