@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Replay rosbags (rosbag2 sqlite3 / MCAP, split or zstd-compressed, and ROS 1 bags) through the "
                     "DreamZero policy node's own runtime in bag time, and compare its chunks with the recorded "
                     "commands or joint states.",
-        epilog=__doc__.split("\n\n", 2)[2] if __doc__ else None)
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directory, .mcap/.db3 file, directory of "
                         "storage files without metadata.yaml, or ROS 1 .bag file")
     parser.add_argument("--embodiment", help="embodiment name or YAML file (node parameter; default franka_droid)")
@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     # Every bag is checked before the first one runs: a bad bag fails in seconds, not after an hour of replay.
     for path in args.bags:
         with open_bag(path) as bag:
-            BagReplay(bag, options)
+            for warning in BagReplay(bag, options).warnings:
+                _log.warning("%s: %s", path, warning)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     if partial.exists():
         shutil.rmtree(partial)

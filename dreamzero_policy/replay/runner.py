@@ -164,6 +164,7 @@ class _Plan:
     instruction_bag_topic: str | None
     start_ns: int
     stop_ns: int | None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _bag_topic_for(node_topic: str, topic_map: Mapping[str, str]) -> str:
@@ -226,15 +227,17 @@ def preflight(bag: InputBag, options: ReplayOptions) -> _Plan:
                            "or an instruction parameter", "neither", "pass --instruction TEXT")
     start_ns = info.start_ns + round(options.start_s * 1e9)
     stop_ns = None if options.end_s is None else info.start_ns + round(options.end_s * 1e9)
-    _check_observations(bag, options, emb, start_ns, stop_ns)
+    warnings = _check_observations(bag, options, emb, start_ns, stop_ns)
     node_topics = {t: _bag_topic_for(t, options.topic_map) for t, _, _ in required}
     truth_topics = {_bag_topic_for(t, options.topic_map): (m, c) for t, m, _, c in truth}
     return _Plan(config, emb, checked, node_topics, [t for t, _, _ in required], truth_topics, instruction_bag_topic,
-                 start_ns, stop_ns)
+                 start_ns, stop_ns, warnings)
 
 
-def _check_observations(bag: InputBag, options: ReplayOptions, emb, start_ns: int, stop_ns: int | None) -> None:
-    """Messages in range, joint names and stamps of the first messages of every observed topic."""
+def _check_observations(bag: InputBag, options: ReplayOptions, emb, start_ns: int,
+                        stop_ns: int | None) -> list[str]:
+    """Messages in range, joint names and stamps of the first messages of every observed topic (BagError), and
+    warnings: header stamps on another clock than the bag's log times."""
     info = bag.info
     where = f"bag {info.path}"
     joints_topic = _bag_topic_for(emb.joint_states_topic, options.topic_map)
@@ -264,13 +267,24 @@ def _check_observations(bag: InputBag, options: ReplayOptions, emb, start_ns: in
     if absent:
         raise BagError(f"{where}: {joints_topic} JointState.name", f"joints {wanted} of embodiment {emb.name}",
                        f"{names} (missing {absent})")
+    warnings = []
     if options.stamps == "header":
+        limits = {joints_topic: emb.staleness.joint_states_ms} | {
+            _bag_topic_for(c.subscribed_topic, options.topic_map): emb.staleness.camera_ms for c in emb.cameras}
         for topic in topics:
             stamps = [msgs.time_to_ns(m.header.stamp) for _, m in first[topic]]
             if len(stamps) == 2 and stamps[0] == stamps[1]:
                 raise BagError(f"{where}: {topic} header.stamp", "increasing stamps (the node drops a repeated "
                                "stamp as out of order)", f"{stamps[0]} ns twice",
                                "unset stamps: --stamps log replays with the bag's log times instead")
+            t_log, msg = first[topic][0]
+            lag_ms = (t_log - msgs.time_to_ns(msg.header.stamp)) / 1e6
+            if abs(lag_ms) > limits[topic]:
+                warnings.append(f"{topic}: header stamps are {abs(lag_ms) / 1e3:.3f} s "
+                                f"{'behind' if lag_ms > 0 else 'ahead of'} the bag's log times (the replay clock); "
+                                f"the node's watchdog will find the stream stale (limit {limits[topic]:g} ms); "
+                                "--stamps log replays with the log times")
+    return warnings
 
 
 def _read_truth(bag: InputBag, plan: _Plan, options: ReplayOptions) -> tuple[Timeline, list[tuple[int, Any]]]:
@@ -318,7 +332,7 @@ class BagReplay:
         self.plan = preflight(bag, options)
         self.embodiment = self.plan.embodiment
         self.ground_truth, self._latched = _read_truth(bag, self.plan, options)
-        self.warnings: list[str] = []
+        self.warnings: list[str] = list(self.plan.warnings)
         self.counts = {"model_calls": 0, "chunks_discarded_in_flight": 0, "session_errors": 0,
                        "messages_delivered": 0, "messages_copied": 0, "video_pairs_unpaired": 0,
                        "chunks_due_after_end": 0}

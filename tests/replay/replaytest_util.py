@@ -56,9 +56,9 @@ def copy_fixture(name: str, tmp: Path) -> Path:
 
 
 def rewrite_bag(src: Path, dst: Path, storage: str = "mcap", transform: Callable[[str, Any], Any] | None = None,
-                ros1: bool = False, compress: bool = False) -> Path:
+                ros1: bool = False, compress: bool = False, log_offset_ns: int = 0) -> Path:
     """Copy a bag message by message: `transform(topic, msg) -> msg` edits messages; `ros1` writes a ROS 1 .bag
-    (`dst` is the file); `compress` uses rosbag2 zstd file compression."""
+    (`dst` is the file); `compress` uses rosbag2 zstd file compression; `log_offset_ns` shifts the log times."""
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
@@ -95,7 +95,7 @@ def rewrite_bag(src: Path, dst: Path, storage: str = "mcap", transform: Callable
             if ros1:
                 data = migrate_bytes(store, noetic, c.msgtype, c.msgtype, cache, bytes(data), src_is2=True,
                                      dst_is2=False)
-            writer.write(connections[(c.topic, c.msgtype)], t, bytes(data))
+            writer.write(connections[(c.topic, c.msgtype)], t + log_offset_ns, bytes(data))
         writer.close()
     return dst
 

@@ -160,3 +160,22 @@ def test_compressed_camera_topics_go_through_the_nodes_compressed_path(sim_bags,
     assert len(plain.chunks) == len(compressed.chunks) >= 3
     for a, b in zip(plain.chunks, compressed.chunks):
         np.testing.assert_array_equal(a.predicted, b.predicted)
+
+
+def test_stamps_on_another_clock_are_warned_about_and_counted_by_the_safety_filter(sim_bags, tiny_checkpoint,
+                                                                                   tmp_path):
+    """Header stamps 2 s behind the recorder's clock: the node's watchdog (bag time) finds every stream stale, as it
+    would live; the replay warns up front, and --stamps log replays on the log times."""
+    def shift(topic, msg):
+        if hasattr(msg, "header"):
+            msg.header.stamp = type(msg.header.stamp)(sec=msg.header.stamp.sec + 10, nanosec=msg.header.stamp.nanosec)
+        return msg
+
+    bag = rewrite_bag(sim_bags["mcap"][0], tmp_path / "skewed", transform=shift, log_offset_ns=12_000_000_000)
+    skewed = replay_bag(bag, ReplayOptions(node_params=node_params(tiny_checkpoint)))
+    assert any("/joint_states: header stamps are 2.000 s behind" in w for w in skewed.warnings), skewed.warnings
+    assert skewed.safety["STALE_CAMERA"] > 0 and skewed.safety["STALE_JOINTS"] > 0
+    assert skewed.status["refusals_stale_observation"] == skewed.safety["STALE_CAMERA"] + skewed.safety["STALE_JOINTS"]
+    fixed = _oracle(bag, tiny_checkpoint, stamps="log")
+    assert not fixed.warnings and fixed.safety["STALE_CAMERA"] == fixed.safety["STALE_JOINTS"] == 0
+    _assert_zero(fixed)
