@@ -117,3 +117,57 @@ def test_bad_command_line_values(sim_bags, tiny_checkpoint, tmp_path, capsys):
         error = _fails([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), *extra], tmp_path, capsys)
         assert words in error, error
     assert ROSBAG2.is_dir()
+
+
+def _bag_with_a_broken_late_chunk(source: Path, dst: Path) -> Path:
+    """The recording plus 1 MB filler messages from 2 s on (so the MCAP gets several chunks, the last ones after
+    every recorded command), with an impossible record length inside the last chunk: the summary stays intact, so
+    the bag opens, its checks and the ground truth read fine, and it breaks only when the replay reaches 2 s."""
+    from mcap.reader import make_reader
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from dreamzero_policy import msgs
+
+    store = msgs.typestore()
+    with AnyReader([source]) as reader:
+        writer = Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP)
+        writer.open()
+        out = {c.topic: writer.add_connection(c.topic, c.msgtype, typestore=store) for c in reader.connections}
+        filler = writer.add_connection("/filler", "std_msgs/msg/String", typestore=store)
+        blob = store.serialize_cdr(store.types["std_msgs/msg/String"](data="x" * 1_000_000), "std_msgs/msg/String")
+        fillers = [2_000_000_000 + k * 200_000_000 for k in range(6)]
+        for c, t, raw in reader.messages():  # in time order: chunks follow the write order
+            while fillers and fillers[0] <= t:
+                writer.write(filler, fillers.pop(0), bytes(blob))
+            writer.write(out[c.topic], t, raw)
+        writer.close()
+    mcap = next(dst.glob("*.mcap"))
+    with open(mcap, "rb") as f:
+        chunks = make_reader(f).get_summary().chunk_indexes
+    last = max(chunks, key=lambda c: c.chunk_start_offset)
+    assert len(chunks) > 2 and last.message_start_time >= 2_000_000_000
+    data = bytearray(mcap.read_bytes())
+    fields = last.chunk_start_offset + 1 + 8 + 8 + 8 + 8 + 4  # opcode, length, start, end, size, crc
+    compression = int.from_bytes(data[fields:fields + 4], "little")
+    first_record = fields + 4 + compression + 8
+    data[first_record:first_record + 9] = b"\x05" + (10 ** 12).to_bytes(8, "little")
+    mcap.write_bytes(bytes(data))
+    return dst
+
+
+def test_a_file_corrupt_in_the_middle_fails_during_the_replay_and_leaves_nothing(sim_bags, tiny_checkpoint,
+                                                                                 tmp_path, capsys):
+    from dreamzero_policy.replay import ReplayOptions
+    from dreamzero_policy.replay.bagio import BagError, open_bag
+    from dreamzero_policy.replay.runner import BagReplay
+    from replaytest_util import node_params
+
+    bag = _bag_with_a_broken_late_chunk(sim_bags["mcap"][0], tmp_path / "corrupt")
+    with open_bag(bag) as reader:
+        replay = BagReplay(reader, ReplayOptions(node_params=node_params(tiny_checkpoint)), tmp_path / "api")
+        with pytest.raises(BagError, match="truncated or corrupt"):  # checks passed; it breaks while replaying
+            replay.run()
+    assert replay.chunks  # the model had run on the good part
+    error = _fails([str(bag), *cli_params(tiny_checkpoint)], tmp_path, capsys)
+    assert "a complete, readable bag" in error and "Truncated record" in error
