@@ -21,6 +21,7 @@ from dreamzero_policy.replay.metrics import ErrorAccumulator, percentiles
 
 FORMAT = "dreamzero-replay-report/1"
 SUMMARY_FORMAT = "dreamzero-replay-summary/1"
+MAX_PLOTTED_CHUNKS = 300
 REFUSAL_FIELDS = ("refusals_nan", "refusals_limit_clamp", "refusals_step_clamp", "refusals_stale_observation",
                   "refusals_stale_chunk", "refusals_malformed_image", "refusals_bad_joint_state",
                   "refusals_out_of_order_stamps", "refusals_exception", "refusals_total")
@@ -182,13 +183,14 @@ def _joint_figure(result) -> str:
     truth, valid = result.ground_truth.sample(grid)
     executed, executed_valid = result.executed.sample(grid)
     x = (grid - t0) / 1e9
+    stride = max(1, math.ceil(len(result.chunks) / MAX_PLOTTED_CHUNKS))  # long bags: a readable, fast plot
     for k, joint in enumerate(joints):
         ax = axes[k // cols][k % cols]
         ax.plot(x, np.where(valid[:, k], truth[:, k], np.nan), color="black", lw=1.4,
                 label=f"recorded ({result.options.ground_truth})")
         ax.plot(x, np.where(executed_valid[:, k], executed[:, k], np.nan), color="tab:blue", lw=1.0, ls="--",
                 label="would have commanded")
-        for n, c in enumerate(result.chunks):
+        for n, c in enumerate(result.chunks[::stride]):
             times = (c.t_obs_ns + (np.arange(len(c.predicted)) + 1) * emb.dt_ns - t0) / 1e9
             ax.plot(times, c.predicted[:, k], color="tab:orange", lw=0.9, alpha=0.8,
                     label="predicted chunks" if n == 0 else None)
@@ -328,7 +330,13 @@ def report_html(result, report: dict[str, Any]) -> str:
                  "grid.</p>" + _table(("joint", "unit", "MAE", "RMSE", "final-step error", "mean error (bias)",
                                         "max |error|", "samples", "commanded MAE", "commanded RMSE",
                                         "gripper agreement"), rows))
-    parts.append("<h2>Predicted vs recorded</h2>" + _img(_joint_figure(result), "predicted vs recorded per joint"))
+    stride = max(1, math.ceil(len(result.chunks) / MAX_PLOTTED_CHUNKS))
+    parts.append("<h2>Predicted vs recorded</h2><p class='note'>Black: the recorded ground truth; orange: each "
+                 "predicted chunk at its actions' due times" + (f" (every {stride}th chunk drawn)" if stride > 1
+                                                               else "") +
+                 "; red dots: the observation each chunk was computed from; red lines: when the model ran; blue: "
+                 "what the node would have commanded.</p>" + _img(_joint_figure(result),
+                                                                   "predicted vs recorded per joint"))
     parts.append("<h2>Error vs horizon step</h2>" + _img(_horizon_figure(result, metrics), "error vs horizon"))
     parts.append("<h2>Latency</h2><p class='note'>Measured wall-clock time per model call (block handed to the "
                  "session until the chunk is decoded); the action timing used the simulated delay.</p>")
