@@ -101,8 +101,11 @@ class PolicyNode:
     the session worker calls `_on_chunk`.
     """
 
-    def __init__(self, mw, read_params: Callable[[], Mapping[str, Any]], logger: logging.Logger | None = None):
+    def __init__(self, mw, read_params: Callable[[], Mapping[str, Any]], logger: logging.Logger | None = None,
+                 session_worker: bool = True):
+        """`session_worker=False`: no inference thread; the caller drives `session.run_once` (offline replay)."""
         self.mw = mw
+        self._session_worker = session_worker
         self._read_params = read_params
         self.log = logger or _log
         self.state = "unconfigured"
@@ -196,7 +199,8 @@ class PolicyNode:
             return False, f"activate: the node is {self.state}, not inactive"
         self.session.request_reset("activated")
         self.commander.enable()
-        self.session.start()
+        if self._session_worker:
+            self.session.start()
         self._control_timer = self.mw.create_timer(self.embodiment.dt_s, self._on_control_tick)
         self._set_state("active")
         message = "active: following the policy" + ("" if self.session.instruction else

@@ -224,6 +224,7 @@ class Session:
                  on_chunk: Callable[[ChunkResult], None] | None = None, latency: LatencyStats | None = None,
                  logger: logging.Logger | None = None, log_period_s: float = 5.0):
         self.model, self.buffer, self.on_chunk = model, buffer, on_chunk
+        self.on_block: Callable[[Block], None] | None = None  # observer: each block as it is handed to the model
         self.embodiment = model.embodiment
         self.latency = latency or LatencyStats()
         self._log = logger or _log
@@ -316,6 +317,8 @@ class Session:
         block = self.buffer.next_block(timeout_s)
         if block is None:
             return None
+        if self.on_block is not None:
+            self.on_block(block)
         handed = time.perf_counter()
         self._count_skips()
         with self._lock:

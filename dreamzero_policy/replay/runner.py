@@ -358,7 +358,8 @@ class BagReplay:
         self.clock = BagClock(t0)
         self.mw = BagTimeMiddleware(self.clock, sink=self._on_published)
         node_params = dict(self.plan.checked)
-        self.node = PolicyNode(self.mw, lambda: dict(node_params), logging.getLogger("dreamzero_policy.replay.node"))
+        self.node = PolicyNode(self.mw, lambda: dict(node_params), logging.getLogger("dreamzero_policy.replay.node"),
+                               session_worker=False)
         tic = time.perf_counter()
         ok, message = self.node.configure()
         self.configure_s = time.perf_counter() - tic
@@ -368,19 +369,9 @@ class BagReplay:
         # The one difference to the live node: no session worker thread (see the module docstring). The session
         # hands its chunks to the replay, which passes them on to the node's own hand-off (execution, safety, the
         # controller and ~/action_chunk publishers) at the simulated delivery time.
-        node.session.start = lambda: None
         self._node_on_chunk = node.session.on_chunk
         node.session.on_chunk = self._on_chunk_computed
-        buffer = node.buffer
-        next_block = buffer.next_block
-
-        def tapped(timeout_s=0.0):
-            block = next_block(timeout_s)
-            if block is not None:
-                self._block = self.context.block = block
-            return block
-
-        buffer.next_block = tapped
+        node.session.on_block = self._on_block
         self.context = ReplayContext(self.embodiment, node.model.normalizer, self.ground_truth)
         engine = node.model.engine
         node.model.engine = (self.engine_factory(engine, self.context) if self.engine_factory is not None
@@ -388,6 +379,9 @@ class BagReplay:
         ok, message = node.activate()
         if not ok:
             raise ReplayError("policy node", "to activate", message)
+
+    def _on_block(self, block) -> None:
+        self._block = self.context.block = block
 
     # --- the node's outputs ---
     def _on_published(self, topic: str, msgtype: str, msg: Any, t_ns: int) -> None:
