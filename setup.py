@@ -19,7 +19,8 @@ setup(
     packages=find_packages(include=["model_core", "model_core.*", "dreamzero_policy", "dreamzero_policy.*",
                                     "sim", "sim.*"]),
     package_data={"sim": ["assets/*"], "dreamzero_policy": ["msg_defs/*.xml", "msg_defs/msg/*.msg", "msg_defs/srv/*.srv",
-                                                            "middleware/*.xml"]},
+                                                            "middleware/*.xml", "ros_interfaces/README.md",
+                                                            "ros_interfaces/*/*/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -5,6 +5,8 @@
     pub = mw.create_publisher("/joint_states", "sensor_msgs/msg/JointState", QoS.SENSOR_DATA)
     sub = mw.create_subscription("/camera/image_raw", "sensor_msgs/msg/Image", on_image, QoS.SENSOR_DATA)
     mw.create_timer(0.1, on_tick)
+    arm = mw.create_action_client("/arm/follow_joint_trajectory", "control_msgs/action/FollowJointTrajectory")
+    handle = arm.send_goal(goal, on_done=lambda h: print(h.status, h.result))   # never blocks
     mw.spin_background()          # or mw.spin(stop_event) on a thread of your own
     ...
     mw.shutdown()
@@ -22,14 +24,16 @@ from __future__ import annotations
 
 import importlib.util
 
-from .base import Middleware, MiddlewareError, Publisher, ServiceClient, ServiceServer, Subscription, Timer
+from .base import (ActionClient, ActionServer, ClientGoalHandle, GoalStatus, Middleware, MiddlewareError, Publisher,
+                   ServerGoalHandle, ServiceClient, ServiceServer, Subscription, Timer)
 from .naming import dds_topic_name, dds_type_name, resolve_name
 from .qos import Durability, QoS, Reliability
 
 BACKENDS = ("auto", "dds", "rclpy")
 
 __all__ = ["create_middleware", "QoS", "Reliability", "Durability", "Middleware", "MiddlewareError", "Publisher",
-           "Subscription", "Timer", "ServiceServer", "ServiceClient", "BACKENDS", "rclpy_available",
+           "Subscription", "Timer", "ServiceServer", "ServiceClient", "ActionClient", "ActionServer",
+           "ClientGoalHandle", "ServerGoalHandle", "GoalStatus", "BACKENDS", "rclpy_available",
            "resolve_name", "dds_topic_name", "dds_type_name"]
 
 

@@ -9,6 +9,9 @@ Threading contract (both backends):
   `now_ns` may be called from any thread, before or after spinning starts.
 - `ServiceClient.call` blocks the calling thread; never call it from a callback of the same middleware (the reply
   could need the executor that the callback is blocking).
+- Actions: `ActionClient.send_goal` / `cancel` never block (any thread); the server's answers update the
+  `ClientGoalHandle` and call its callbacks on the executor thread. A `ServerGoalHandle` may be finished
+  (`succeed`/`abort`/`canceled`) or give feedback from any thread.
 - A callback that raises is logged (logger `dreamzero_policy.middleware`; with traceback for the first 3 failures of
   each topic/timer/service, then every 100th) and counted in `callback_errors`; the executor keeps running.
 
@@ -17,8 +20,11 @@ Messages are rosbags dataclasses of types held by `dreamzero_policy.msgs.typesto
 from __future__ import annotations
 
 import abc
+import enum
 import logging
 import threading
+import time
+import uuid
 from typing import Any, Callable
 
 from .qos import QoS
@@ -88,6 +94,123 @@ class ServiceClient(abc.ABC):
         """
 
 
+class GoalStatus(enum.IntEnum):
+    """action_msgs/msg/GoalStatus status values."""
+
+    UNKNOWN = 0
+    ACCEPTED = 1
+    EXECUTING = 2
+    CANCELING = 3
+    SUCCEEDED = 4
+    CANCELED = 5
+    ABORTED = 6
+
+    @property
+    def terminal(self) -> bool:
+        return self >= GoalStatus.SUCCEEDED
+
+
+class ClientGoalHandle:
+    """One goal sent by an `ActionClient`. The backend updates it on the executor thread:
+
+    accepted  None until the server answered, then True / False (rejected: the goal is done)
+    status    the newest GoalStatus known (from the status topic and the result)
+    result    the rosbags `<action>_Result` once the goal reached a terminal status
+    `on_done(handle)` runs once when the goal is done (rejected or terminal); `on_feedback(feedback)` per feedback.
+    """
+
+    def __init__(self, on_done: Callable[["ClientGoalHandle"], None] | None = None,
+                 on_feedback: Callable[[Any], None] | None = None):
+        self.goal_id = uuid.uuid4().bytes
+        self.accepted: bool | None = None
+        self.status = GoalStatus.UNKNOWN
+        self.result: Any = None
+        self.cancel_requested = False
+        self.on_done, self.on_feedback = on_done, on_feedback
+        self._done = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until the goal is done (True) or `timeout_s` passes (False). Never call it on the executor."""
+        return self._done.wait(timeout_s)
+
+    def _finish(self, mw: "Middleware", what: str, accepted: bool, status: GoalStatus, result: Any) -> None:
+        """Mark done and run on_done (executor thread, callback guard); later calls are ignored."""
+        if self.done:
+            return
+        self.accepted, self.status, self.result = accepted, GoalStatus(status), result
+        self._done.set()
+        if self.on_done is not None:
+            mw._run_callback(what, self.on_done, self)
+
+    def __repr__(self) -> str:
+        return f"<goal {self.goal_id.hex()[:8]} accepted={self.accepted} status={self.status.name}>"
+
+
+class ActionClient(abc.ABC):
+    name: str           # fully qualified action name
+    action_type: str    # e.g. "control_msgs/action/FollowJointTrajectory"
+
+    @abc.abstractmethod
+    def server_is_ready(self) -> bool:
+        """True while an action server is matched on every service and topic of the action."""
+
+    def wait_for_server(self, timeout_s: float) -> bool:
+        """True once `server_is_ready()`, False after `timeout_s`. Blocks the calling thread."""
+        deadline = time.monotonic() + timeout_s
+        while not self.server_is_ready():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    @abc.abstractmethod
+    def send_goal(self, goal: Any, on_done: Callable[[ClientGoalHandle], None] | None = None,
+                  on_feedback: Callable[[Any], None] | None = None) -> ClientGoalHandle:
+        """Send `goal` (rosbags `<action>_Goal`) without waiting; the result is requested once it is accepted.
+
+        Raises MiddlewareError when no server is ready (the goal would go nowhere)."""
+
+    @abc.abstractmethod
+    def cancel(self, handle: ClientGoalHandle) -> None:
+        """Ask the server to cancel the goal (without waiting); a done goal is left alone."""
+
+
+class ServerGoalHandle(abc.ABC):
+    """One goal an `ActionServer` accepted: `goal` (rosbags `<action>_Goal`), `goal_id` (16 bytes), `status`.
+
+    The owner finishes it exactly once with `succeed`, `abort` or `canceled` (any thread); later calls are ignored.
+    """
+
+    goal_id: bytes
+    goal: Any
+    status: GoalStatus
+
+    @property
+    def active(self) -> bool:
+        return not self.status.terminal
+
+    @abc.abstractmethod
+    def publish_feedback(self, feedback: Any) -> None: ...
+
+    @abc.abstractmethod
+    def succeed(self, result: Any) -> None: ...
+
+    @abc.abstractmethod
+    def abort(self, result: Any) -> None: ...
+
+    @abc.abstractmethod
+    def canceled(self, result: Any) -> None: ...
+
+
+class ActionServer(abc.ABC):
+    name: str
+    action_type: str
+
+
 class Middleware(abc.ABC):
     """One ROS 2 node's worth of pub/sub, timers and services on one executor thread (see the module docstring)."""
 
@@ -120,6 +243,17 @@ class Middleware(abc.ABC):
 
     @abc.abstractmethod
     def create_client(self, name: str, srvtype: str) -> ServiceClient: ...
+
+    def create_action_client(self, name: str, action_type: str) -> ActionClient:
+        """A client of action `name` (e.g. `/arm/follow_joint_trajectory`, type `pkg/action/Action`)."""
+        raise MiddlewareError(f"the {self.backend} middleware has no action clients (action {name})")
+
+    def create_action_server(self, name: str, action_type: str, on_goal: Callable[[ServerGoalHandle], bool],
+                             on_cancel: Callable[[ServerGoalHandle], bool] | None = None) -> ActionServer:
+        """Serve action `name`. On the executor thread: `on_goal(handle)` -> True accepts the goal (EXECUTING; the
+        owner finishes it later), False rejects it; `on_cancel(handle)` -> True moves it to CANCELING (the owner
+        then calls `handle.canceled(result)`), False refuses; without `on_cancel` every cancel is refused."""
+        raise MiddlewareError(f"the {self.backend} middleware has no action servers (action {name})")
 
     # -- time and execution -------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -28,6 +28,7 @@ the body, right after the 4-byte encapsulation header: `uint64 guid, int64 seq` 
 `clientid=<id>;`, server endpoints `serviceid=<id>;`; before replying, the server waits up to 100 ms until it has
 matched the reply reader of the requesting client (as rmw_cyclonedds does). This was written from rmw_cyclonedds'
 source; it is tested between two processes of this backend, not against a real ROS 2 install (none here).
+Actions (dds_actions.py) are three such services and two topics, as rcl_action builds them.
 
 Not done: the `ros_discovery_info` topic (rmw_dds_common/ParticipantEntitiesInfo). ROS 2 tools build the topic graph
 from DDS discovery, so `ros2 topic list/echo/pub` should see and use our topics, but `ros2 node list` will not show
@@ -58,7 +59,8 @@ from cyclonedds.topic import Topic
 from cyclonedds._clayer import ddspy_take, ddspy_write
 
 from .. import msgs
-from .base import Middleware, MiddlewareError, Publisher, ServiceClient, ServiceServer, Subscription, Timer, log
+from .base import (ActionClient, ActionServer, Middleware, MiddlewareError, Publisher, ServerGoalHandle,
+                   ServiceClient, ServiceServer, Subscription, Timer, log)
 from .dds_types import idl_struct
 from .naming import dds_service_topics, dds_topic_name, resolve_name
 from .qos import QoS
@@ -214,63 +216,62 @@ class _DdsTimer(Timer):
         self.cancelled = True
 
 
-class _DdsServiceServer(ServiceServer, _Waitable):
-    def __init__(self, mw: "DdsMiddleware", name: str, srvtype: str, handler: Callable[[Any], Any]):
+class _Responder:
+    """The server half of one service in rmw_cyclonedds' format: takes requests, writes replies (any thread)."""
+
+    def __init__(self, mw: "DdsMiddleware", name: str, srvtype: str):
         self.name, self.srvtype = name, srvtype
-        self._mw, self._handler = mw, handler
         self._req_t, self._resp_t = msgs.service_types(srvtype)
         rq, rr = dds_service_topics(name)
         user_data = f"serviceid={mw._new_csid()};".encode()
-        self._reader = DataReader(mw._dp, mw._topic(rq, self._req_t, True), qos=_dds_qos(QoS.SERVICES, user_data))
+        self.reader = DataReader(mw._dp, mw._topic(rq, self._req_t, True), qos=_dds_qos(QoS.SERVICES, user_data))
         self._writer = DataWriter(mw._dp, mw._topic(rr, self._resp_t, True), qos=_dds_qos(QoS.SERVICES, user_data))
-        self._cond = ReadCondition(self._reader, _ANY_STATE)
+        self._mw = mw
 
-    def _drain(self) -> int:
-        n = 0
-        store = msgs.typestore()
-        samples = ddspy_take(self._reader._ref, _ANY_STATE, _TAKE_BATCH)
+    def take(self) -> list[tuple[Any, tuple[bytes, int]]]:
+        """(request, reply token) for every request that arrived; undecodable ones are logged and dropped."""
+        samples = ddspy_take(self.reader._ref, _ANY_STATE, _TAKE_BATCH)
         if isinstance(samples, int):
             raise MiddlewareError(f"DDS take on service {self.name} failed: {DDSException(samples)}")
+        out = []
         for data, info in samples:
             if not info.valid_data:
                 continue
             if len(data) < 4 + _REQ_HEADER.size or data[:2] != _CDR_LE:
                 log.warning("service %s: malformed request (%d bytes); dropped", self.name, len(data))
                 continue
-            req_header = data[4:4 + _REQ_HEADER.size]
             try:
-                request = store.deserialize_cdr(data[:4] + data[4 + _REQ_HEADER.size:], self._req_t)
+                request = msgs.typestore().deserialize_cdr(data[:4] + data[4 + _REQ_HEADER.size:], self._req_t)
             except Exception:
                 self._mw.callback_errors += 1
                 log.exception("service %s: could not decode the request; dropped", self.name)
                 continue
-            result: list = []
-            if not self._mw._run_callback(f"service {self.name}", lambda r: result.append(self._handler(r)),
-                                          request):
-                continue    # the handler raised: no reply (the client times out), as rclpy does
-            try:
-                body = store.serialize_cdr(result[0], self._resp_t)
-            except Exception:
-                self._mw.callback_errors += 1
-                log.exception("service %s: the handler returned %r, not a %s", self.name, result[0], self._resp_t)
-                continue
-            n += 1
-            if self._client_reader_matched(info.publication_handle):
-                reply = bytes(body[:4]) + req_header + bytes(body[4:])
-                ret = ddspy_write(self._writer._ref, reply)
-                if ret < 0:
-                    log.error("service %s: reply write failed: %s", self.name, DDSException(ret))
-            else:
-                log.warning("service %s: the client's reply reader is not matched after 100 ms; reply dropped",
-                            self.name)
-        return n
+            out.append((request, (data[4:4 + _REQ_HEADER.size], info.publication_handle)))
+        return out
+
+    def reply(self, token: tuple[bytes, int], response: Any) -> None:
+        """Send `response` to the client that made the request of `token` (logged, never raised, on failure)."""
+        req_header, request_writer = token
+        try:
+            body = msgs.typestore().serialize_cdr(response, self._resp_t)
+        except Exception:
+            self._mw.callback_errors += 1
+            log.exception("service %s: the reply %r is not a %s", self.name, response, self._resp_t)
+            return
+        if not self._client_reader_matched(request_writer):
+            log.warning("service %s: the client's reply reader is not matched after 100 ms; reply dropped",
+                        self.name)
+            return
+        ret = ddspy_write(self._writer._ref, bytes(body[:4]) + req_header + bytes(body[4:]))
+        if ret < 0:
+            log.error("service %s: reply write failed: %s", self.name, DDSException(ret))
 
     def _client_reader_matched(self, request_writer: int) -> bool:
         """rmw_cyclonedds' rule: wait (<= 100 ms) until the reply reader of the requesting client is matched."""
         deadline = time.monotonic() + 0.1
         while True:
             try:
-                ep = self._reader.get_matched_publication_data(request_writer)
+                ep = self.reader.get_matched_publication_data(request_writer)
             except DDSException:
                 ep = None
             if ep is None:
@@ -289,57 +290,112 @@ class _DdsServiceServer(ServiceServer, _Waitable):
                 return False
             time.sleep(0.01)
 
+    def matched(self) -> bool:
+        return bool(self.reader.get_matched_publications()) and bool(self._writer.get_matched_subscriptions())
+
+    def destroy(self) -> None:
+        _delete(self.reader)
+        _delete(self._writer)
+
+
+class _Requester:
+    """The client half of one service in rmw_cyclonedds' format: sends requests (any thread), takes its replies."""
+
+    def __init__(self, mw: "DdsMiddleware", name: str, srvtype: str):
+        self.name, self.srvtype = name, srvtype
+        self._req_t, self._resp_t = msgs.service_types(srvtype)
+        rq, rr = dds_service_topics(name)
+        user_data = f"clientid={mw._new_csid()};".encode()
+        self._writer = DataWriter(mw._dp, mw._topic(rq, self._req_t, True), qos=_dds_qos(QoS.SERVICES, user_data))
+        self.reader = DataReader(mw._dp, mw._topic(rr, self._resp_t, True), qos=_dds_qos(QoS.SERVICES, user_data))
+        self._guid = self._writer.get_instance_handle() & 0xFFFF_FFFF_FFFF_FFFF   # the binding may return it signed
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def matched(self) -> bool:
+        """True when a server's request reader and reply writer are both matched."""
+        return bool(self._writer.get_matched_subscriptions()) and bool(self.reader.get_matched_publications())
+
+    def send(self, request: Any) -> int:
+        """Write `request`; returns its sequence number (the reply carries it)."""
+        body = msgs.typestore().serialize_cdr(request, self._req_t)
+        with self._lock:
+            seq = next(self._seq)
+            ret = ddspy_write(self._writer._ref, bytes(body[:4]) + _REQ_HEADER.pack(self._guid, seq) + bytes(body[4:]))
+        if ret < 0:
+            raise MiddlewareError(f"service {self.name}: request write failed: {DDSException(ret)}")
+        return seq
+
+    def take(self) -> list[tuple[int, Any]]:
+        """(sequence number, response) for every reply to this client that arrived."""
+        samples = ddspy_take(self.reader._ref, _ANY_STATE, _TAKE_BATCH)
+        if isinstance(samples, int):
+            raise MiddlewareError(f"service {self.name}: take failed: {DDSException(samples)}")
+        out = []
+        for data, info in samples:
+            if not info.valid_data or len(data) < 4 + _REQ_HEADER.size:
+                continue
+            guid, seq = _REQ_HEADER.unpack_from(data, 4)
+            if guid == self._guid:
+                out.append((seq, msgs.typestore().deserialize_cdr(data[:4] + data[4 + _REQ_HEADER.size:],
+                                                                  self._resp_t)))
+        return out
+
+    def destroy(self) -> None:
+        _delete(self.reader)
+        _delete(self._writer)
+
+
+class _DdsServiceServer(ServiceServer, _Waitable):
+    def __init__(self, mw: "DdsMiddleware", name: str, srvtype: str, handler: Callable[[Any], Any]):
+        self.name, self.srvtype = name, srvtype
+        self._mw, self._handler = mw, handler
+        self._responder = _Responder(mw, name, srvtype)
+        self._cond = ReadCondition(self._responder.reader, _ANY_STATE)
+
+    def _drain(self) -> int:
+        n = 0
+        for request, token in self._responder.take():
+            result: list = []
+            if not self._mw._run_callback(f"service {self.name}", lambda r: result.append(self._handler(r)),
+                                          request):
+                continue    # the handler raised: no reply (the client times out), as rclpy does
+            n += 1
+            self._responder.reply(token, result[0])
+        return n
+
     def destroy(self) -> None:
         self._mw._remove_waitable(self, self._cond)
         _delete(self._cond)
-        _delete(self._reader)
-        _delete(self._writer)
+        self._responder.destroy()
 
 
 class _DdsServiceClient(ServiceClient):
     def __init__(self, mw: "DdsMiddleware", name: str, srvtype: str):
         self.name, self.srvtype = name, srvtype
-        self._mw = mw
-        self._req_t, self._resp_t = msgs.service_types(srvtype)
-        rq, rr = dds_service_topics(name)
-        user_data = f"clientid={mw._new_csid()};".encode()
-        self._writer = DataWriter(mw._dp, mw._topic(rq, self._req_t, True), qos=_dds_qos(QoS.SERVICES, user_data))
-        self._reader = DataReader(mw._dp, mw._topic(rr, self._resp_t, True), qos=_dds_qos(QoS.SERVICES, user_data))
+        self._requester = _Requester(mw, name, srvtype)
         self._waitset = WaitSet(mw._dp)
-        self._cond = ReadCondition(self._reader, _ANY_STATE)
+        self._cond = ReadCondition(self._requester.reader, _ANY_STATE)
         self._waitset.attach(self._cond)
-        self._guid = self._writer.get_instance_handle() & 0xFFFF_FFFF_FFFF_FFFF   # the binding may return it signed
-        self._seq = itertools.count(1)
         self._lock = threading.Lock()
 
     def wait_for_service(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._writer.get_matched_subscriptions() and self._reader.get_matched_publications():
+            if self._requester.matched():
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)
 
     def call(self, request: Any, timeout_s: float) -> Any:
-        store = msgs.typestore()
-        body = store.serialize_cdr(request, self._req_t)
         with self._lock:
-            seq = next(self._seq)
-            ret = ddspy_write(self._writer._ref, bytes(body[:4]) + _REQ_HEADER.pack(self._guid, seq) + bytes(body[4:]))
-            if ret < 0:
-                raise MiddlewareError(f"service {self.name}: request write failed: {DDSException(ret)}")
+            seq = self._requester.send(request)
             deadline = time.monotonic_ns() + int(timeout_s * 1e9)
             while True:
-                samples = ddspy_take(self._reader._ref, _ANY_STATE, _TAKE_BATCH)
-                if isinstance(samples, int):
-                    raise MiddlewareError(f"service {self.name}: take failed: {DDSException(samples)}")
-                for data, info in samples:
-                    if not info.valid_data or len(data) < 4 + _REQ_HEADER.size:
-                        continue
-                    guid, rseq = _REQ_HEADER.unpack_from(data, 4)
-                    if guid == self._guid and rseq == seq:
-                        return store.deserialize_cdr(data[:4] + data[4 + _REQ_HEADER.size:], self._resp_t)
+                for rseq, response in self._requester.take():
+                    if rseq == seq:
+                        return response
                 remaining = deadline - time.monotonic_ns()
                 if remaining <= 0:
                     raise TimeoutError(f"service {self.name} ({self.srvtype}): no reply within {timeout_s} s")
@@ -347,8 +403,9 @@ class _DdsServiceClient(ServiceClient):
 
     def destroy(self) -> None:
         self._waitset.detach(self._cond)
-        for e in (self._cond, self._waitset, self._reader, self._writer):
+        for e in (self._cond, self._waitset):
             _delete(e)
+        self._requester.destroy()
 
 
 class DdsMiddleware(Middleware):
@@ -399,18 +456,20 @@ class DdsMiddleware(Middleware):
         data = self._guid_prefix + next(self._csid_counter).to_bytes(4, "big")
         return ".".join(f"{b:x}" for b in data)
 
-    def _add_waitable(self, w: _Waitable, cond: ReadCondition) -> None:
+    def _add_waitable(self, w: _Waitable, *conds: ReadCondition) -> None:
         with self._lock:
             self._check_open()
-            self._waitset.attach(cond)
+            for cond in conds:
+                self._waitset.attach(cond)
             self._waitables = self._waitables + (w,)
         self._wake.set(True)
 
-    def _remove_waitable(self, w: _Waitable, cond: ReadCondition) -> None:
+    def _remove_waitable(self, w: _Waitable, *conds: ReadCondition) -> None:
         with self._lock:
             self._waitables = tuple(x for x in self._waitables if x is not w)
             if not self._closed:
-                self._waitset.detach(cond)
+                for cond in conds:
+                    self._waitset.detach(cond)
 
     # -- entities ------------------------------------------------------------------------------------------------
     def create_publisher(self, topic: str, msgtype: str, qos: QoS) -> Publisher:
@@ -444,6 +503,22 @@ class DdsMiddleware(Middleware):
         with self._lock:
             self._entities.append(cli)
         return cli
+
+    def create_action_client(self, name: str, action_type: str) -> ActionClient:
+        from .dds_actions import DdsActionClient
+
+        cli = DdsActionClient(self, resolve_name(name, self.node_name, self.namespace), action_type)
+        self._add_waitable(cli, *cli._conds)
+        return cli
+
+    def create_action_server(self, name: str, action_type: str, on_goal: Callable[[ServerGoalHandle], bool],
+                             on_cancel: Callable[[ServerGoalHandle], bool] | None = None) -> ActionServer:
+        from .dds_actions import DdsActionServer
+
+        srv = DdsActionServer(self, resolve_name(name, self.node_name, self.namespace), action_type, on_goal,
+                              on_cancel)
+        self._add_waitable(srv, *srv._conds)
+        return srv
 
     # -- time and execution -------------------------------------------------------------------------------------
     def now_ns(self) -> int:

@@ -2,6 +2,8 @@
 
 - topic `/foo/bar` -> DDS topic `rt/foo/bar`
 - service `/reset` -> request topic `rq/resetRequest`, reply topic `rr/resetReply`
+- action `/arm/follow` -> services `/arm/follow/_action/{send_goal,cancel_goal,get_result}` and topics
+  `/arm/follow/_action/{feedback,status}` (rcl_action's names), each spelled as above
 - type `sensor_msgs/msg/JointState` -> `sensor_msgs::msg::dds_::JointState_`;
   service request `std_srvs/srv/Trigger_Request` -> `std_srvs::srv::dds_::Trigger_Request_`
 
@@ -48,8 +50,17 @@ def dds_service_topics(ros_service: str) -> tuple[str, str]:
     return f"rq{ros_service}Request", f"rr{ros_service}Reply"
 
 
+def action_names(ros_action: str) -> dict[str, str]:
+    """The ROS names of an action's services and topics (rcl_action): send_goal, cancel_goal, get_result, feedback,
+    status -> `<action>/_action/<part>` (the argument must be fully qualified)."""
+    _check_fq(ros_action)
+    return {part: f"{ros_action}/_action/{part}" for part in ("send_goal", "cancel_goal", "get_result", "feedback",
+                                                              "status")}
+
+
 def dds_type_name(msgtype: str) -> str:
-    """`pkg/msg/Type` -> `pkg::msg::dds_::Type_` (also `pkg/srv/Srv_Request` -> `pkg::srv::dds_::Srv_Request_`)."""
+    """`pkg/msg/Type` -> `pkg::msg::dds_::Type_` (also `pkg/srv/Srv_Request` -> `pkg::srv::dds_::Srv_Request_`,
+    `pkg/action/A_SendGoal_Request` -> `pkg::action::dds_::A_SendGoal_Request_`)."""
     parts = msgtype.split("/")
     if len(parts) != 3 or not all(parts):
         raise ValueError(f"message type must look like '<pkg>/msg/<Type>', got {msgtype!r}")

@@ -3,7 +3,9 @@
 Messages still cross this layer as rosbags dataclasses and CDR bytes, never as rclpy message objects:
 - publishers publish CDR bytes (`rclpy.publisher.Publisher.publish(bytes)` -> `publish_raw`);
 - subscriptions are created with `raw=True` (the callback receives the serialized CDR bytes) and decoded by rosbags;
-- services convert through `rclpy.serialization.serialize_message` / `deserialize_message` at the boundary.
+- services convert through `rclpy.serialization.serialize_message` / `deserialize_message` at the boundary;
+- action clients (rclpy.action.ActionClient) convert goals, feedback and results the same way. Action servers are
+  not offered here (a ROS install has the real controllers; the sim serves its action on the dds backend).
 The ROS message classes (e.g. `sensor_msgs.msg.JointState`) are imported from the sourced ROS install only to give
 rclpy the type support; dreamzero_msgs must be built (colcon) for its types.
 
@@ -23,12 +25,14 @@ import time
 from typing import Any, Callable
 
 from .. import msgs
-from .base import Middleware, MiddlewareError, Publisher, ServiceClient, ServiceServer, Subscription, Timer, log
+from .base import (ActionClient, ClientGoalHandle, GoalStatus, Middleware, MiddlewareError, Publisher, ServiceClient,
+                   ServiceServer, Subscription, Timer, log)
 from .naming import resolve_name
 from .qos import QoS
 
 try:    # the only place (with the node entry) that imports rclpy
     import rclpy
+    from rclpy.action import ActionClient as _RosActionClient
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -175,6 +179,68 @@ class _RclpyServiceClient(ServiceClient):
         self._mw._node.destroy_client(self._client)
 
 
+class _RclpyActionClient(ActionClient):
+    """rclpy.action.ActionClient; its futures complete on the executor thread, where the handle is updated."""
+
+    def __init__(self, mw: "RclpyMiddleware", name: str, action_type: str):
+        self.name, self.action_type = name, action_type
+        self._mw = mw
+        self._types = msgs.action_types(action_type)
+        self._cls = ros_class(action_type)
+        self._client = _RosActionClient(mw._node, self._cls, name)
+        self._ros_handles: dict[bytes, Any] = {}      # goal id -> rclpy ClientGoalHandle, until done
+
+    def server_is_ready(self) -> bool:
+        return self._client.server_is_ready()
+
+    def wait_for_server(self, timeout_s: float) -> bool:
+        return self._client.wait_for_server(timeout_sec=timeout_s)
+
+    def send_goal(self, goal: Any, on_done=None, on_feedback=None) -> ClientGoalHandle:
+        if not self.server_is_ready():
+            raise MiddlewareError(f"action server {self.name} not available; goal not sent")
+        store = msgs.typestore()
+        handle = ClientGoalHandle(on_done, on_feedback)
+        ros_goal = deserialize_message(bytes(store.serialize_cdr(goal, self._types.goal)), self._cls.Goal)
+        feedback = None if on_feedback is None else lambda message: on_feedback(store.deserialize_cdr(
+            serialize_message(message.feedback), self._types.feedback))
+        uuid_cls = ros_class("unique_identifier_msgs/msg/UUID")
+        future = self._client.send_goal_async(ros_goal, feedback_callback=feedback,
+                                              goal_uuid=uuid_cls(uuid=list(handle.goal_id)))
+        future.add_done_callback(lambda f: self._mw._run_callback(f"action {self.name} (goal response)",
+                                                                  self._on_response, handle, f))
+        return handle
+
+    def _on_response(self, handle: ClientGoalHandle, future) -> None:
+        ros_handle = future.result()
+        if not ros_handle.accepted:
+            handle._finish(self._mw, f"action {self.name} (goal rejected)", False, GoalStatus.UNKNOWN, None)
+            return
+        handle.accepted, handle.status = True, GoalStatus.ACCEPTED
+        self._ros_handles[handle.goal_id] = ros_handle
+        ros_handle.get_result_async().add_done_callback(
+            lambda f: self._mw._run_callback(f"action {self.name} (result)", self._on_result, handle, f))
+        if handle.cancel_requested:
+            ros_handle.cancel_goal_async()
+
+    def _on_result(self, handle: ClientGoalHandle, future) -> None:
+        self._ros_handles.pop(handle.goal_id, None)
+        response = future.result()
+        result = msgs.typestore().deserialize_cdr(serialize_message(response.result), self._types.result)
+        handle._finish(self._mw, f"action {self.name} (result)", True, response.status, result)
+
+    def cancel(self, handle: ClientGoalHandle) -> None:
+        if handle.done or handle.cancel_requested:
+            return
+        handle.cancel_requested = True
+        ros_handle = self._ros_handles.get(handle.goal_id)
+        if ros_handle is not None:        # else: not accepted yet, cancelled in _on_response
+            ros_handle.cancel_goal_async()
+
+    def destroy(self) -> None:
+        self._client.destroy()
+
+
 class RclpyMiddleware(Middleware):
     """Middleware on an rclpy node with its own SingleThreadedExecutor (see the module docstring)."""
 
@@ -244,6 +310,10 @@ class RclpyMiddleware(Middleware):
     def create_client(self, name: str, srvtype: str) -> ServiceClient:
         self._check_open()
         return _RclpyServiceClient(self, self._resolve(name), srvtype)
+
+    def create_action_client(self, name: str, action_type: str) -> ActionClient:
+        self._check_open()
+        return _RclpyActionClient(self, self._resolve(name), action_type)
 
     # -- time and execution -------------------------------------------------------------------------------------
     def now_ns(self) -> int:

@@ -24,6 +24,22 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.01) -> bool:
         time.sleep(interval_s)
 
 
+def endpoints(dp, builtin_topic, topic_name: str, timeout_s: float = 10.0) -> list:
+    """The endpoints on DDS topic `topic_name` that the builtin topic (DCPSPublication/-Subscription) of participant
+    `dp` discovers within `timeout_s`; asserts there is at least one."""
+    from cyclonedds.builtin import BuiltinDataReader
+
+    reader = BuiltinDataReader(dp, builtin_topic)
+    found = []
+
+    def poll():
+        found.extend(s for s in reader.take(N=64) if s.topic_name == topic_name)
+        return bool(found)
+
+    assert wait_until(poll, timeout_s, 0.05), f"no endpoint on {topic_name} discovered"
+    return found
+
+
 class Peer:
     """A peer.py subprocess; `expect()` reads its JSON-line events with a timeout."""
 

@@ -11,6 +11,10 @@ Modes:
   latched   publish std_msgs/String "pick up the red cup" on /instruction with QoS.LATCHED, then wait.
   sensor    publish a JointState on /sensor_js with QoS.SENSOR_DATA every 20 ms.
   services  serve /reset (std_srvs/Trigger) and /set_instruction (dreamzero_msgs/SetInstruction).
+  action    serve /arm/follow_joint_trajectory (control_msgs/FollowJointTrajectory): a goal without points is
+            rejected; a goal whose first position is negative is aborted (PATH_TOLERANCE_VIOLATED); others get one
+            feedback and succeed after 0.5 s unless cancelled (a cancel is accepted and ends the goal CANCELED).
+            Prints {"event": "goal", "points", "joints"} and {"event": "cancel"}.
   stock     the stock cyclonedds binding only (no dreamzero code): a hand-written std_msgs String IDL type;
             reads rt/chatter and prints {"event": "recv", "data"}; writes "hello from stock" on rt/chatter_stock.
 """
@@ -98,6 +102,8 @@ def run_dreamzero_mode(mode: str, domain: int, timeout_s: float) -> None:
 
             mw.create_service("/reset", "std_srvs/srv/Trigger", on_reset)
             mw.create_service("/set_instruction", "dreamzero_msgs/srv/SetInstruction", on_set)
+        elif mode == "action":
+            serve_trajectory_action(mw)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
         mw.spin_background()
@@ -105,6 +111,32 @@ def run_dreamzero_mode(mode: str, domain: int, timeout_s: float) -> None:
         wait_for_end(timeout_s)
     finally:
         mw.shutdown()
+
+
+def serve_trajectory_action(mw) -> None:
+    from dreamzero_policy import msgs
+
+    action = "control_msgs/action/FollowJointTrajectory"
+    result = lambda code=0, text="": msgs.default_msg(f"{action}_Result", error_code=code, error_string=text)  # noqa
+
+    def on_goal(handle):
+        trajectory = handle.goal.trajectory
+        emit(event="goal", points=len(trajectory.points), joints=list(trajectory.joint_names))
+        if not trajectory.points:
+            return False
+        if trajectory.points[0].positions[0] < 0:
+            threading.Timer(0.05, handle.abort, (result(-4, "path tolerance violated"),)).start()
+            return True
+        handle.publish_feedback(msgs.default_msg(f"{action}_Feedback", joint_names=list(trajectory.joint_names)))
+        threading.Timer(0.5, handle.succeed, (result(),)).start()
+        return True
+
+    def on_cancel(handle):
+        emit(event="cancel")
+        threading.Timer(0.05, handle.canceled, (result(),)).start()
+        return True
+
+    mw.create_action_server("/arm/follow_joint_trajectory", action, on_goal, on_cancel)
 
 
 def stock_string_type():

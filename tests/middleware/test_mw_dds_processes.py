@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication, BuiltinTopicDcpsSubscription
+from cyclonedds.builtin import BuiltinTopicDcpsPublication, BuiltinTopicDcpsSubscription
 from cyclonedds.domain import DomainParticipant
 from cyclonedds.qos import Policy
 from rosbags.typesys import Stores, get_typestore
@@ -16,7 +16,7 @@ from rosbags.typesys import Stores, get_typestore
 from dreamzero_policy import msgs
 from dreamzero_policy.middleware import QoS
 
-from mwtest_util import wait_until
+from mwtest_util import endpoints, wait_until
 
 STORE = msgs.typestore()
 PLAIN = get_typestore(Stores.ROS2_JAZZY)      # plain rosbags, nothing of ours registered
@@ -141,18 +141,6 @@ def test_best_effort_publisher_does_not_match_reliable_subscriber(start_peer, ma
     assert rel_sub.publisher_count() == 0 and reliable.empty()
 
 
-def _endpoints(dp, builtin_topic, topic_name, timeout_s=10.0):
-    reader = BuiltinDataReader(dp, builtin_topic)
-    found = []
-
-    def poll():
-        found.extend(s for s in reader.take(N=64) if s.topic_name == topic_name)
-        return bool(found)
-
-    assert wait_until(poll, timeout_s, 0.05), f"no endpoint on {topic_name} discovered"
-    return found
-
-
 def test_dds_names_and_qos_on_the_wire(start_peer, dds_env, domain_id):
     """Discovery data of the peer's endpoints: ROS 2 topic/type names and the QoS mapping."""
     start_peer("latched")
@@ -160,23 +148,23 @@ def test_dds_names_and_qos_on_the_wire(start_peer, dds_env, domain_id):
     start_peer("services")
     dp = DomainParticipant(domain_id)
     try:
-        (instr,) = _endpoints(dp, BuiltinTopicDcpsPublication, "rt/instruction")
+        (instr,) = endpoints(dp, BuiltinTopicDcpsPublication, "rt/instruction")
         assert instr.type_name == "std_msgs::msg::dds_::String_"
         assert instr.qos[Policy.Reliability] == Policy.Reliability.Reliable(100_000_000)
         assert instr.qos[Policy.Durability] == Policy.Durability.TransientLocal
         assert instr.qos[Policy.History] == Policy.History.KeepLast(1)
 
-        (js,) = _endpoints(dp, BuiltinTopicDcpsPublication, "rt/sensor_js")
+        (js,) = endpoints(dp, BuiltinTopicDcpsPublication, "rt/sensor_js")
         assert js.type_name == "sensor_msgs::msg::dds_::JointState_"
         assert js.qos[Policy.Reliability] == Policy.Reliability.BestEffort
         assert js.qos[Policy.Durability] == Policy.Durability.Volatile
         assert js.qos[Policy.History] == Policy.History.KeepLast(5)
         assert js.qos[Policy.DataRepresentation] == Policy.DataRepresentation(use_cdrv0_representation=True)
 
-        (req,) = _endpoints(dp, BuiltinTopicDcpsSubscription, "rq/resetRequest")
+        (req,) = endpoints(dp, BuiltinTopicDcpsSubscription, "rq/resetRequest")
         assert req.type_name == "std_srvs::srv::dds_::Trigger_Request_"
         assert req.qos[Policy.Userdata].data.startswith(b"serviceid=")
-        (rep,) = _endpoints(dp, BuiltinTopicDcpsPublication, "rr/set_instructionReply")
+        (rep,) = endpoints(dp, BuiltinTopicDcpsPublication, "rr/set_instructionReply")
         assert rep.type_name == "dreamzero_msgs::srv::dds_::SetInstruction_Response_"
     finally:
         dp.__del__()

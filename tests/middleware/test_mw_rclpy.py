@@ -66,3 +66,37 @@ def test_dds_backend_talks_to_rclpy_backend(dds_env, domain_id):
     finally:
         dds.shutdown()
         ros.shutdown()
+
+
+def test_rclpy_action_client_against_dds_action_server(dds_env, domain_id):
+    """rclpy.action.ActionClient (rclpy backend) drives the built-in backend's FollowJointTrajectory server."""
+    from dreamzero_policy.middleware.base import GoalStatus
+
+    action = "control_msgs/action/FollowJointTrajectory"
+    result = msgs.default_msg(f"{action}_Result", error_string="done")
+    server = create_middleware("dds", node_name="dds_server", domain_id=domain_id)
+    ros = create_middleware("rclpy", node_name="rclpy_client", domain_id=domain_id)
+    try:
+        goals = queue.Queue()
+        server.create_action_server("/arm/follow_joint_trajectory", action,
+                                    lambda handle: goals.put(handle) or True,
+                                    lambda handle: handle.canceled(result) or True)
+        server.spin_background()
+        ros.spin_background()
+        cli = ros.create_action_client("/arm/follow_joint_trajectory", action)
+        assert cli.wait_for_server(10.0)
+        trajectory = STORE.types["trajectory_msgs/msg/JointTrajectory"](header=msgs.header(0), joint_names=["j"],
+                                                                         points=[])
+        handle = cli.send_goal(msgs.default_msg(f"{action}_Goal", trajectory=trajectory))
+        served = goals.get(timeout=10.0)
+        assert list(served.goal.trajectory.joint_names) == ["j"]
+        served.succeed(result)
+        assert handle.wait(10.0) and handle.status == GoalStatus.SUCCEEDED and handle.result.error_string == "done"
+        second = cli.send_goal(msgs.default_msg(f"{action}_Goal", trajectory=trajectory))
+        goals.get(timeout=10.0)
+        assert wait_until(lambda: second.accepted, 10.0)
+        cli.cancel(second)
+        assert second.wait(10.0) and second.status == GoalStatus.CANCELED
+    finally:
+        ros.shutdown()
+        server.shutdown()
