@@ -47,6 +47,15 @@ class ChunkError(DreamZeroError, ValueError):
     """A predicted action chunk has the wrong shape for the embodiment and model."""
 
 
+class ControllerUnavailable(DreamZeroError, RuntimeError):
+    """The robot's controller does not answer (no FollowJointTrajectory action server)."""
+
+    def __init__(self, action: str, timeout_s: float):
+        super().__init__(f"action server {action}", "available", f"not available after {timeout_s:g} s",
+                         "is the controller loaded and active? `ros2 control list_controllers`")
+        self.args = (f"action server {action} not available after {timeout_s:g} s ({self.hint})",)
+
+
 class SafetyRefusal(Enum):
     """Why the safety stage changed or refused a command: (code, message, holds).
 

@@ -27,10 +27,13 @@ Topics (`~` = /<namespace>/dreamzero_policy):
               instruction_topic moves it).
   published   the embodiment's controller(s): trajectory_msgs/JointTrajectory (reliable; point i at
               time_from_start = (i+1) dt with positions and velocities; header.stamp = the planned start on the
-              observation clock, 0 for a hold), or one setpoint per control tick for JointState /
-              Float64MultiArray controllers; `~/action_chunk` (dreamzero_msgs/ActionChunk, per model call);
-              `~/status` (dreamzero_msgs/PolicyStatus, status_rate_hz and on every transition; reliable, transient
-              local); `/diagnostics` (diagnostic_msgs/DiagnosticArray: every counter by name, latency per stage).
+              observation clock, 0 for a hold), the same trajectory as a control_msgs/FollowJointTrajectory goal
+              for `follow_joint_trajectory` controllers (trajectory_goals.py: a new goal preempts, a hold cancels
+              the active goal first; configure fails when the action server does not answer within 5 s), or one
+              setpoint per control tick for JointState / Float64MultiArray controllers; `~/action_chunk`
+              (dreamzero_msgs/ActionChunk, per model call); `~/status` (dreamzero_msgs/PolicyStatus,
+              status_rate_hz and on every transition; reliable, transient local); `/diagnostics`
+              (diagnostic_msgs/DiagnosticArray: every counter by name, latency per stage).
 Services: `~/set_instruction` (dreamzero_msgs/SetInstruction), `~/reset` (std_srvs/Trigger: hold at the current
 position and start a new episode; the next chunk resumes motion).
 
@@ -82,8 +85,11 @@ STREAMING_INTERFACES = ("joint_state", "float64_multi_array")
 _INPUT_ERRORS = ((MalformedImage, "malformed_image"), (BadJointState, "bad_joint_state"),
                  (OutOfOrderStamp, "out_of_order_stamp"), (ObservationError, "observation_error"))
 CONTROLLER_TYPES = {"joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+                    "follow_joint_trajectory": "control_msgs/action/FollowJointTrajectory",
                     "joint_state": "sensor_msgs/msg/JointState",
                     "float64_multi_array": "std_msgs/msg/Float64MultiArray"}
+TRAJECTORY_INTERFACES = ("joint_trajectory", "follow_joint_trajectory")
+ACTION_SERVER_WAIT_S = 5.0  # configure fails when a follow_joint_trajectory action server does not answer by then
 
 
 def _destroy(entity: Any) -> None:
@@ -118,7 +124,7 @@ class PolicyNode:
         self.commander = None
         self.latency = None
         self._control_timer = None
-        self._controller_pubs: list[tuple[Any, Any]] = []  # (embodiment Controller, publisher)
+        self._controller_pubs: list[tuple[Any, Any]] = []  # (embodiment Controller, publisher or TrajectoryGoals)
         self._chunk_pub = None
         self._observation_subs: list = []
         self._graveyard: list = []  # entities destroyed on the next status tick (never inside a callback)
@@ -169,7 +175,6 @@ class PolicyNode:
         try:
             config = params.to_config(params.validate(self._read_params()))
             embodiment = params.apply_overrides(load_embodiment(config.embodiment), config)
-            self._check_controllers(embodiment)
             model = load_model(config, embodiment)
         except DreamZeroError as e:
             return self._configure_failed(str(e))
@@ -177,6 +182,7 @@ class PolicyNode:
             self.log.debug("configure", exc_info=True)
             return self._configure_failed(f"{type(e).__name__}: {e}")
         self.config, self.embodiment, self.model = config, embodiment, model
+        self._rate_log = self._make_rate_log(config.log_period_s)
         try:
             if config.warmup:
                 warm_up(model)
@@ -184,8 +190,7 @@ class PolicyNode:
         except Exception as e:
             self._release()
             self.log.debug("configure", exc_info=True)
-            return self._configure_failed(f"{type(e).__name__}: {e}")
-        self._rate_log = self._make_rate_log(config.log_period_s)
+            return self._configure_failed(str(e) if isinstance(e, DreamZeroError) else f"{type(e).__name__}: {e}")
         self._set_state("inactive")
         message = (f"configured in {time.perf_counter() - tic:.1f} s: {model.model_name} from {model.checkpoint_path} "
                    f"on {model.device} for {embodiment.name} ({len(embodiment.joints)} joints, "
@@ -250,16 +255,6 @@ class PolicyNode:
         self._publish_status()
         return False, message
 
-    def _check_controllers(self, embodiment) -> None:
-        from dreamzero_policy.errors import ConfigError
-
-        for field, ctrl in (("controller", embodiment.controller), ("gripper_controller",
-                                                                    embodiment.gripper_controller)):
-            if ctrl is not None and ctrl.interface not in CONTROLLER_TYPES:
-                raise ConfigError(f"embodiment {embodiment.name}: {field}.interface",
-                                  f"one of {sorted(CONTROLLER_TYPES)} (the middleware has no action clients)",
-                                  ctrl.interface, f"use the controller's {ctrl.name}/joint_trajectory topic")
-
     def _build_runtime(self) -> None:
         from dreamzero_policy.block_buffer import BlockBuffer, block_video_fps
         from dreamzero_policy.execution import ChunkBroker
@@ -286,9 +281,15 @@ class PolicyNode:
             self.session.set_instruction(instruction)
             self._instruction = self.session.instruction
         for ctrl in (emb.controller, emb.gripper_controller):
-            if ctrl is not None:
-                self._controller_pubs.append(
-                    (ctrl, self.mw.create_publisher(ctrl.name, CONTROLLER_TYPES[ctrl.interface], QoS.RELIABLE)))
+            if ctrl is None:
+                continue
+            if ctrl.interface == "follow_joint_trajectory":
+                from dreamzero_policy.trajectory_goals import TrajectoryGoals
+
+                sink = TrajectoryGoals(self.mw, ctrl.name, ACTION_SERVER_WAIT_S, self._rate_log)
+            else:
+                sink = self.mw.create_publisher(ctrl.name, CONTROLLER_TYPES[ctrl.interface], QoS.RELIABLE)
+            self._controller_pubs.append((ctrl, sink))
         self._chunk_pub = self.mw.create_publisher("~/action_chunk", "dreamzero_msgs/msg/ActionChunk", QoS.RELIABLE)
         for camera in emb.cameras:
             callback = (self._on_image if camera.transport == "raw" else self._on_compressed)
@@ -459,9 +460,13 @@ class PolicyNode:
                 continue  # a hold sends nothing to a gripper-only controller
             positions = np.ascontiguousarray(targets[:, columns])  # [M, K] C order: rows go on the wire
             speeds = np.ascontiguousarray(velocities[:, columns])
-            if ctrl.interface == "joint_trajectory":
-                pub.publish(joint_trajectory_msg(ctrl.joints, positions, speeds, cmd.dt_ns,
-                                                 0 if cmd.held else cmd.start_ns))
+            if ctrl.interface in TRAJECTORY_INTERFACES:
+                trajectory = joint_trajectory_msg(ctrl.joints, positions, speeds, cmd.dt_ns,
+                                                  0 if cmd.held else cmd.start_ns)
+                if ctrl.interface == "joint_trajectory":
+                    pub.publish(trajectory)
+                else:
+                    pub.send(trajectory, hold=cmd.held)
             elif ctrl.interface == "joint_state":
                 pub.publish(msgs.msg_class("sensor_msgs/msg/JointState")(
                     header=msgs.header(self.mw.now_ns()), name=list(ctrl.joints), position=positions[0],
@@ -508,6 +513,9 @@ class PolicyNode:
             out.update({f"session.resets.{k}": v for k, v in self.session.resets_by_reason().items()})
         if self.commander is not None:
             out.update({f"commander.{k}": v for k, v in self.commander.counters().items()})
+        for ctrl, sink in self._controller_pubs:
+            if ctrl.interface == "follow_joint_trajectory":
+                out.update({f"controller.{ctrl.name}.{k}": v for k, v in sink.counters().items()})
         if self.buffer is not None:
             out.update({f"block_buffer.{k}": v for k, v in self.buffer.stats().items()})
         out["middleware.callback_errors"] = int(self.mw.callback_errors)

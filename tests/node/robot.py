@@ -4,11 +4,15 @@
 
 Publishes every camera of the embodiment at its rate (raw cameras as rgb8 or bgr8 Image, compressed ones as JPEG
 CompressedImage) and the joint states at 30 Hz (embodiment joints plus one extra finger joint), stamped with the wall
-clock. The joints follow the JointTrajectory messages received on the embodiment's controller topics (linear
-interpolation between points), so the loop is closed. Prints JSON lines on stdout ({"event": "ready"} once running)
-and reads commands as JSON lines on stdin; exits on stdin EOF or after --timeout seconds.
+clock. The joints follow the JointTrajectory messages received on the embodiment's controller topics, or the goals
+of its follow_joint_trajectory action servers (linear interpolation between points), so the loop is closed. Goals
+follow joint_trajectory_controller: a new goal cancels the running one, a cancel holds; each goal is printed as
+{"event": "goal", "controller", "points", "hold", "rejected"}, each cancel as {"event": "cancel"}. Prints JSON
+lines on stdout ({"event": "ready"} once running) and reads commands as JSON lines on stdin; exits on stdin EOF or
+after --timeout seconds.
 
 Commands: {"cmd": "stop_camera", "camera": NAME}, {"cmd": "start_camera", "camera": NAME},
+{"cmd": "reject_goals", "reject": BOOL},
 {"cmd": "bad", "kind": KIND} with KIND one of malformed_image, corrupt_compressed, nan_joint, missing_joint,
 backwards_stamp, reordered_joints. Each bad input is published once, and answered with {"event": "sent", "kind"}.
 """
@@ -30,6 +34,8 @@ from dreamzero_policy.middleware import QoS, create_middleware  # noqa: E402
 
 JOINT_RATE_HZ = 30.0
 EXTRA_JOINT = "extra_finger_joint"
+ACTION = "control_msgs/action/FollowJointTrajectory"
+PREEMPTED = "Current goal cancelled due to new incoming action."
 
 
 def emit(**kv) -> None:
@@ -48,6 +54,8 @@ class Robot:
         self.width, self.height = width, height
         self.frame_count = 0
         self.last_joint_stamp = 0
+        self.goals: dict[str, object] = {}  # controller -> running goal
+        self.reject_goals = False
         types = msgs.typestore().types
         self.Image, self.Compressed = types["sensor_msgs/msg/Image"], types["sensor_msgs/msg/CompressedImage"]
         self.JointState = types["sensor_msgs/msg/JointState"]
@@ -63,6 +71,9 @@ class Robot:
             if ctrl is not None and ctrl.interface == "joint_trajectory":
                 mw.create_subscription(ctrl.name, "trajectory_msgs/msg/JointTrajectory",
                                        lambda msg, c=ctrl: self.on_trajectory(c, msg), QoS.RELIABLE)
+            elif ctrl is not None and ctrl.interface == "follow_joint_trajectory":
+                mw.create_action_server(ctrl.name, ACTION, lambda handle, c=ctrl: self.on_goal(c, handle),
+                                        self.on_cancel)
 
     # --- commands in ---
     def on_trajectory(self, ctrl, msg) -> None:
@@ -75,6 +86,33 @@ class Robot:
         with self.lock:
             self.advance(now)
             self.trajectories[ctrl.name] = (t0, self.position[cols].copy(), times, targets, cols)
+
+    @staticmethod
+    def result(code: int = 0, text: str = ""):
+        return msgs.default_msg(f"{ACTION}_Result", error_code=code, error_string=text)
+
+    def on_goal(self, ctrl, handle) -> bool:
+        trajectory = handle.goal.trajectory
+        hold = len(trajectory.points) == 1 and msgs.time_to_ns(trajectory.header.stamp) == 0
+        emit(event="goal", controller=ctrl.name, points=len(trajectory.points), hold=hold, rejected=self.reject_goals)
+        if self.reject_goals:
+            return False
+        self.on_trajectory(ctrl, trajectory)
+        previous, self.goals[ctrl.name] = self.goals.get(ctrl.name), handle
+        if previous is not None:
+            previous.canceled(self.result(-1, PREEMPTED))
+        return True
+
+    def on_cancel(self, handle) -> bool:
+        emit(event="cancel")
+        for name, running in list(self.goals.items()):
+            if running is handle:
+                with self.lock:
+                    self.advance(time.time_ns())
+                    self.trajectories.pop(name, None)  # hold where it is
+                del self.goals[name]
+        threading.Timer(0.01, handle.canceled, (self.result(),)).start()
+        return True
 
     def advance(self, now: int) -> None:
         for t0, start, times, targets, cols in self.trajectories.values():
@@ -168,6 +206,8 @@ def main() -> None:
                     robot.stopped.add(cmd["camera"])
                 elif cmd["cmd"] == "start_camera":
                     robot.stopped.discard(cmd["camera"])
+                elif cmd["cmd"] == "reject_goals":
+                    robot.reject_goals = bool(cmd["reject"])
                 elif cmd["cmd"] == "bad":
                     robot.bad(cmd["kind"])
                 emit(event="ack", cmd=cmd["cmd"])
