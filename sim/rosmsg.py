@@ -8,6 +8,7 @@ The same topics and types as the real robot (ROBOTS_AND_ROS.md sections 1-2):
 | /cameras/{wrist,exterior_1,exterior_2}/image_raw | sensor_msgs/msg/Image, rgb8 | 15 Hz (configurable) |
 | /fr3_arm_controller/joint_trajectory | trajectory_msgs/msg/JointTrajectory (fr3_joint1..7, rad) | per chunk |
 | /fr3_gripper_controller/joint_trajectory | trajectory_msgs/msg/JointTrajectory (fr3_finger_joint1, m) | per chunk |
+| /fr3_{arm,gripper}_controller/follow_joint_trajectory | action control_msgs/action/FollowJointTrajectory | per goal |
 | /dreamzero/instruction | std_msgs/msg/String, latched | per episode |
 
 Messages are dataclasses of the standard ROS 2 Jazzy rosbags typestore; their CDR bytes are the wire format.
@@ -26,6 +27,9 @@ JOINT_STATES = "/joint_states"
 INSTRUCTION = "/dreamzero/instruction"  # the policy node's default instruction topic
 TRAJECTORY_TOPICS = {ARM_CONTROLLER: f"/{ARM_CONTROLLER}/joint_trajectory",
                      GRIPPER_CONTROLLER: f"/{GRIPPER_CONTROLLER}/joint_trajectory"}
+TRAJECTORY_ACTIONS = {ARM_CONTROLLER: f"/{ARM_CONTROLLER}/follow_joint_trajectory",
+                      GRIPPER_CONTROLLER: f"/{GRIPPER_CONTROLLER}/follow_joint_trajectory"}
+TRAJECTORY_ACTION_TYPE = "control_msgs/action/FollowJointTrajectory"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 TRAJECTORY_TYPE = "trajectory_msgs/msg/JointTrajectory"

@@ -8,6 +8,11 @@ Publishes the robot's topics (see sim.rosmsg): /joint_states at 30 Hz and /camer
 Subscribes /fr3_arm_controller/joint_trajectory and /fr3_gripper_controller/joint_trajectory (reliable); a new
 trajectory replaces the running one and starts when the sim receives it (header.stamp is not used for delayed
 starts), a bad one is rejected with one log line, counted in task_info and the arm holds.
+Serves the actions /fr3_{arm,gripper}_controller/follow_joint_trajectory (control_msgs/FollowJointTrajectory, dds
+backend) like ros2_controllers' joint_trajectory_controller: a bad goal is rejected (the running trajectory goes
+on); an accepted goal replaces the running trajectory and ends the previous goal CANCELED with INVALID_GOAL "Current
+goal cancelled due to new incoming action."; a cancel holds the arm and ends the goal CANCELED; a goal SUCCEEDS when
+its trajectory has run out (no tolerance checks); an episode reset aborts the running goals.
 Service /sim/reset (std_srvs/Trigger) starts the next episode (next seed); its message is the new instruction.
 
 Time: stamps are `wall clock at the episode's reset + sim time`. With `--realtime 1` the sim is paced to the wall
@@ -29,7 +34,7 @@ import time
 
 from dreamzero_policy import msgs
 from dreamzero_policy.middleware import QoS, create_middleware
-from dreamzero_policy.middleware.base import Middleware
+from dreamzero_policy.middleware.base import Middleware, MiddlewareError, ServerGoalHandle
 
 from sim import rosmsg
 from sim.cameras import CAMERAS
@@ -41,6 +46,7 @@ log = logging.getLogger("sim.serve")
 JOINT_STATE_HZ = 30
 RESET_SERVICE = "/sim/reset"
 TASK_INFO = "/sim/task_info"
+PREEMPTED = "Current goal cancelled due to new incoming action."  # joint_trajectory_controller's words
 
 
 class SimServer:
@@ -54,7 +60,9 @@ class SimServer:
         self.env, self.mw, self.seed, self.realtime = env, mw, seed, realtime
         self.joint_period, self.image_period = env.PHYSICS_HZ // JOINT_STATE_HZ, env.PHYSICS_HZ // image_hz
         self.epoch_ns = 0  # wall clock at the episode's reset
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()  # (controller, msg) or ("reset", done, reply)
+        # ("trajectory", controller, msg), ("goal", controller, handle), ("cancel", handle), ("reset", done, reply)
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._goals: dict[str, ServerGoalHandle] = {}  # controller -> its running goal (sim thread)
         self.joint_states = mw.create_publisher(rosmsg.JOINT_STATES, rosmsg.JOINT_STATE_TYPE, QoS.SENSOR_DATA)
         self.images = {camera: mw.create_publisher(rosmsg.camera_topic(camera), rosmsg.IMAGE_TYPE, QoS.SENSOR_DATA)
                        for camera in env.cameras}
@@ -63,8 +71,14 @@ class SimServer:
         self.clock = mw.create_publisher(rosmsg.CLOCK, rosmsg.CLOCK_TYPE, QoS.RELIABLE)
         for controller, topic in rosmsg.TRAJECTORY_TOPICS.items():
             mw.create_subscription(topic, rosmsg.TRAJECTORY_TYPE,
-                                   lambda msg, controller=controller: self._commands.put((controller, msg)),
+                                   lambda msg, c=controller: self._commands.put(("trajectory", c, msg)),
                                    QoS.RELIABLE)
+        try:
+            for controller, action in rosmsg.TRAJECTORY_ACTIONS.items():
+                mw.create_action_server(action, rosmsg.TRAJECTORY_ACTION_TYPE,
+                                        lambda handle, c=controller: self._on_goal(c, handle), self._on_cancel)
+        except MiddlewareError as error:
+            log.warning("%s; serving the joint_trajectory topics only", error)
         mw.create_service(RESET_SERVICE, "std_srvs/srv/Trigger", self._on_reset_request)
 
     def stamp(self) -> int:
@@ -79,6 +93,7 @@ class SimServer:
             if self.env.step_count == 0:  # just reset: restart the pacing clock
                 wall_start, sim_start = time.monotonic(), 0
             self.env.step()
+            self._finish_goals()
             self._publish_sensors()
             if (self.env.step_count - sim_start) % (10 * self.env.PHYSICS_HZ) == 0:
                 log.info("real-time factor %.2f", (self.env.step_count - sim_start) / self.env.PHYSICS_HZ / (
@@ -90,6 +105,9 @@ class SimServer:
                     time.sleep(ahead)
 
     def _reset(self, seed: int) -> None:
+        for handle in self._goals.values():
+            handle.abort(self._result(-1, "episode reset"))  # INVALID_GOAL
+        self._goals.clear()
         self.env.reset(seed, render=False)
         self.seed = seed
         self.epoch_ns = time.time_ns()
@@ -114,18 +132,67 @@ class SimServer:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command[0] == "reset":
-                _, done, reply = command
+            kind, *args = command
+            if kind == "reset":
+                done, reply = args
                 self._reset(self.seed + 1)
                 reply.append(self.env.instruction)
                 done.set()
-                continue
-            controller, msg = command
-            try:
-                self.env.send_trajectory(controller, rosmsg.trajectory_from_msg(msg))
-            except TrajectoryRejected as error:
-                log.warning("trajectory rejected (%d so far this episode), holding: %s", self.env.rejected_count,
-                            error)
+            elif kind == "trajectory":
+                controller, msg = args
+                try:
+                    self.env.send_trajectory(controller, rosmsg.trajectory_from_msg(msg))
+                except TrajectoryRejected as error:
+                    log.warning("trajectory rejected (%d so far this episode), holding: %s",
+                                self.env.rejected_count, error)
+            elif kind == "goal":
+                self._start_goal(*args)
+            else:
+                self._cancel_goal(*args)
+
+    # --- FollowJointTrajectory (see the module docstring) ---
+    @staticmethod
+    def _result(error_code: int = 0, error_string: str = ""):
+        return msgs.default_msg(f"{rosmsg.TRAJECTORY_ACTION_TYPE}_Result", error_code=error_code,
+                                error_string=error_string)
+
+    def _on_goal(self, controller: str, handle: ServerGoalHandle) -> bool:
+        """Executor thread: check the goal (the controller's checks only read its fixed joints and limits)."""
+        try:
+            self.env.controllers[controller].validate(rosmsg.trajectory_from_msg(handle.goal.trajectory))
+        except TrajectoryRejected as error:
+            log.warning("goal rejected: %s", error)
+            return False
+        self._commands.put(("goal", controller, handle))
+        return True
+
+    def _on_cancel(self, handle: ServerGoalHandle) -> bool:
+        self._commands.put(("cancel", handle))
+        return True
+
+    def _start_goal(self, controller: str, handle: ServerGoalHandle) -> None:
+        try:
+            self.env.send_trajectory(controller, rosmsg.trajectory_from_msg(handle.goal.trajectory))
+        except TrajectoryRejected as error:  # checked at acceptance; the env holds
+            handle.abort(self._result(-1, str(error)))
+            return
+        previous = self._goals.get(controller)
+        if previous is not None:
+            previous.canceled(self._result(-1, PREEMPTED))  # INVALID_GOAL, as joint_trajectory_controller
+        self._goals[controller] = handle
+
+    def _cancel_goal(self, handle: ServerGoalHandle) -> None:
+        for controller, running in list(self._goals.items()):
+            if running is handle:
+                del self._goals[controller]
+                self.env.controllers[controller].hold()
+        handle.canceled(self._result())
+
+    def _finish_goals(self) -> None:
+        for controller, handle in list(self._goals.items()):
+            if not self.env.controllers[controller].active:
+                del self._goals[controller]
+                handle.succeed(self._result())
 
     def _on_reset_request(self, request):
         """Trigger handler (executor thread): ask the sim loop to reset and wait for it."""

@@ -6,13 +6,8 @@ episode through the service, all through `dreamzero_policy.middleware` on a priv
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,58 +16,14 @@ pytest.importorskip("cyclonedds")
 
 from dreamzero_policy import msgs  # noqa: E402
 from dreamzero_policy.middleware import QoS, create_middleware  # noqa: E402
-from dreamzero_policy.middleware.dds_backend import loopback_uri  # noqa: E402
 
 from sim import robot, rosmsg  # noqa: E402
 from sim.controller import JointTrajectory  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-DOMAIN = 100 + (os.getpid() * 11 + 57) % 130  # private, so concurrent test runs do not meet
+from simtest_util import Latest, wait_for  # noqa: E402
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-@pytest.fixture
-def sim_process(monkeypatch):
-    monkeypatch.setenv("CYCLONEDDS_URI", loopback_uri())
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(DOMAIN))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.serve", "--backend", "dds", "--task", "reach", "--seed", "3", "--image-hz", "5",
-         "--height", "36", "--width", "64", "--duration", "90"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-class Latest:
-    """Keeps every message of a topic (callbacks run on the middleware's executor thread)."""
-
-    def __init__(self):
-        self.items: queue.SimpleQueue = queue.SimpleQueue()
-        self.all: list = []
-
-    def __call__(self, msg) -> None:
-        self.items.put(msg)
-
-    def drain(self) -> list:
-        while not self.items.empty():
-            self.all.append(self.items.get())
-        return self.all
-
-
-def test_sim_serves_the_robot_topics_to_another_process(sim_process):
-    mw = create_middleware("dds", node_name="test_policy", domain_id=DOMAIN)
+def test_sim_serves_the_robot_topics_to_another_process(sim_process, sim_domain):
+    mw = create_middleware("dds", node_name="test_policy", domain_id=sim_domain)
     try:
         joints, wrist, instruction, info = Latest(), Latest(), Latest(), Latest()
         mw.create_subscription("/joint_states", "sensor_msgs/msg/JointState", joints, QoS.SENSOR_DATA)
