@@ -26,7 +26,7 @@ from pybullet_utils.bullet_client import BulletClient
 from sim import robot
 from sim.cameras import CAMERA_SPECS, CAMERAS, render
 from sim.controller import JointTrajectory, TrajectoryController, TrajectoryRejected
-from sim.tasks import Task, make_task
+from sim.tasks import TASKS, Task, make_task
 
 ARM_CONTROLLER = "fr3_arm_controller"
 GRIPPER_CONTROLLER = "fr3_gripper_controller"
@@ -102,8 +102,10 @@ class FrankaSimEnv:
         self.last_rejection = ""
 
     # ---------------------------------------------------------------- episode
-    def reset(self, seed: int | None = None, render: bool = True) -> SimObservation:
-        """Rebuild the world for a new episode (seed None: the next seed after the last one) and observe it."""
+    def reset(self, seed: int | None = None, render: bool = True, target: int = 0) -> SimObservation:
+        """Rebuild the world for a new episode (seed None: the next seed after the last one) and observe it.
+        `target`: which object of the seed's scene is the target (sim.tasks; 0: the seed's own choice)."""
+        TASKS[self.task_name].check_target(target)  # before the world is touched
         if seed is not None:
             self.seed = seed
         elif self.task is not None:
@@ -129,7 +131,7 @@ class FrankaSimEnv:
             c.resetJointState(self.robot_id, index, float(value))
         self.controllers[ARM_CONTROLLER].reset(start[:7])
         self.controllers[GRIPPER_CONTROLLER].reset(start[7:8])
-        self.task = make_task(self.task_name, np.random.default_rng(self.seed))
+        self.task = make_task(self.task_name, np.random.default_rng(self.seed), target)
         self.task.build(c)
         self.step_count = 0
         self.rejected_count = 0

@@ -105,6 +105,12 @@ def expert_policies() -> Callable[[FrankaSimEnv, int], Policy]:
     return policy_for
 
 
+def _check_target(target, where: str) -> None:
+    if int(target) != 0:
+        raise ValueError(f"{where} was recorded with target {target} (--all-targets); replays evaluate each seed's "
+                         f"own target only: record without --all-targets")
+
+
 def load_replays(path: str | Path, task: str) -> list[tuple[int, list[np.ndarray]]]:
     """(seed, chunks) of every recorded episode at `path`: a LeRobot dataset root, one bag, or a folder of bags.
 
@@ -115,11 +121,13 @@ def load_replays(path: str | Path, task: str) -> list[tuple[int, list[np.ndarray
     if (path / "meta" / "info.json").is_file():
         for record in lerobot.read_episodes(path):
             actions = lerobot.episode_actions(path, record["episode_index"])
+            _check_target(record.get("sim_target", 0), f"{path} episode {record['episode_index']}")
             episodes.append((record.get("sim_task"), int(record["sim_seed"]),
                              [actions[i:i + CHUNK_LEN] for i in range(0, len(actions), CHUNK_LEN)]))
     else:
         for bag in [path] if (path / "metadata.yaml").is_file() else sorted(path.glob("episode_*")):
             custom = bags.read_custom_data(bag)
+            _check_target(custom.get("target", 0), str(bag))
             episodes.append((custom.get("task"), int(custom["seed"]), bags.read_chunks(bag)))
     if not episodes:
         raise ValueError(f"no recorded episodes at {path} (expected a LeRobot dataset or rosbag2 episode folders)")

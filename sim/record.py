@@ -5,9 +5,10 @@
 
 Bags (`mcap` or `sqlite3`): one bag per episode, `<out>/episode_000000/`, on the robot's topics (see sim.rosmsg):
 joint states at 30 Hz, the cameras at `--image-hz` (default 15), each commanded chunk as the arm and gripper
-JointTrajectory messages, the latched instruction; metadata.yaml `custom_data` holds task, seed and success.
+JointTrajectory messages, the latched instruction; metadata.yaml `custom_data` holds task, seed, target and success.
 LeRobot: one dataset at `<out>` (see sim.lerobot), 15 fps, images of every control step.
-Episode e uses seed `--seed + e`. A JSON summary goes to stdout.
+Episode e uses seed `--seed + e`; with `--all-targets`, each scene's objects take turns as the target (reach: episodes
+3s, 3s+1, 3s+2 share seed `--seed + s`). A JSON summary goes to stdout.
 """
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ JOINT_STATE_HZ = 30
 
 def record(task: str, episodes: int, out: str | Path, fmt: str = "mcap", seed: int = 0,
            image_hw: tuple[int, int] = (180, 320), cameras: tuple[str, ...] = CAMERAS, image_hz: int = 15,
-           make_policy: Callable[[FrankaSimEnv], Policy] = make_expert) -> list[dict]:
-    """Record `episodes` episodes of `task` with the policy `make_policy(env)`; returns one summary per episode."""
+           make_policy: Callable[[FrankaSimEnv], Policy] = make_expert, all_targets: bool = False) -> list[dict]:
+    """Record `episodes` episodes of `task` with the policy `make_policy(env)`; returns one summary per episode.
+
+    all_targets: every object of a scene becomes the target in turn (reach: 3 episodes per seed, pick: 2), so the
+    same first images come with different instructions; `episodes` still counts episodes, not scenes."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {list(FORMATS)}")
     if image_hz < 1 or FrankaSimEnv.PHYSICS_HZ % image_hz:
@@ -45,16 +49,18 @@ def record(task: str, episodes: int, out: str | Path, fmt: str = "mcap", seed: i
     policy = make_policy(env)
     dataset = LeRobotWriter(out, env.cameras, env.image_hw, fps=env.CONTROL_HZ) if fmt == "lerobot" else None
     summaries = []
+    per_scene = TASKS[task].targets if all_targets else 1
     try:
         for index in range(episodes):
+            scene_seed, target = seed + index // per_scene, index % per_scene
             if dataset is not None:
-                episode, path = _record_lerobot(env, policy, seed + index, dataset), out
+                episode, path = _record_lerobot(env, policy, scene_seed, target, dataset), out
             else:
                 path = out / f"episode_{index:06d}"
-                episode = _record_bag(env, policy, seed + index, path, fmt, image_hz)
-            summaries.append({"episode": index, "seed": episode.seed, "instruction": episode.instruction,
-                              "success": episode.success, "control_steps": episode.control_steps,
-                              "path": str(path)})
+                episode = _record_bag(env, policy, scene_seed, target, path, fmt, image_hz)
+            summaries.append({"episode": index, "seed": episode.seed, "target": target,
+                              "instruction": episode.instruction, "success": episode.success,
+                              "control_steps": episode.control_steps, "path": str(path)})
         if dataset is not None:
             dataset.finish()
     finally:
@@ -62,9 +68,11 @@ def record(task: str, episodes: int, out: str | Path, fmt: str = "mcap", seed: i
     return summaries
 
 
-def _record_bag(env: FrankaSimEnv, policy: Policy, seed: int, path: Path, fmt: str, image_hz: int) -> Episode:
+def _record_bag(env: FrankaSimEnv, policy: Policy, seed: int, target: int, path: Path, fmt: str,
+                image_hz: int) -> Episode:
     joint_period, image_period = env.PHYSICS_HZ // JOINT_STATE_HZ, env.PHYSICS_HZ // image_hz
-    with BagWriter(path, fmt, env.cameras, {"task": env.task_name, "seed": str(seed)}) as bag:
+    custom = {"task": env.task_name, "seed": str(seed), "target": str(target)}
+    with BagWriter(path, fmt, env.cameras, custom) as bag:
         def on_step(env: FrankaSimEnv) -> None:
             if env.step_count == 0:
                 bag.instruction(0, env.instruction)
@@ -79,12 +87,12 @@ def _record_bag(env: FrankaSimEnv, policy: Policy, seed: int, path: Path, fmt: s
             bag.trajectory(ARM_CONTROLLER, env.now_ns, arm)
             bag.trajectory(GRIPPER_CONTROLLER, env.now_ns, gripper)
 
-        episode = run_episode(env, policy, seed, on_step=on_step, on_chunk=on_chunk)
+        episode = run_episode(env, policy, seed, target=target, on_step=on_step, on_chunk=on_chunk)
         bag.writer.set_custom_data("success", str(episode.success).lower())
     return episode
 
 
-def _record_lerobot(env: FrankaSimEnv, policy: Policy, seed: int, dataset: LeRobotWriter) -> Episode:
+def _record_lerobot(env: FrankaSimEnv, policy: Policy, seed: int, target: int, dataset: LeRobotWriter) -> Episode:
     substeps = env.PHYSICS_HZ // env.CONTROL_HZ
     states, cartesian, images = [], [], {camera: [] for camera in env.cameras}
 
@@ -97,14 +105,15 @@ def _record_lerobot(env: FrankaSimEnv, policy: Policy, seed: int, dataset: LeRob
             for camera in env.cameras:
                 images[camera].append(obs.images[camera])
 
-    episode = run_episode(env, policy, seed, on_step=on_step)
+    episode = run_episode(env, policy, seed, target=target, on_step=on_step)
     if episode.rejected:
         raise RuntimeError(f"episode with seed {seed}: the policy sent rejected chunks ({episode.rejected[0]}); "
                            f"a dataset needs an action for every step")
     n = episode.control_steps  # the last observation (after the last action) has no action: dropped
     dataset.add_episode(np.array(states[:n]), episode.actions, np.array(cartesian[:n]),
                         {camera: np.stack(frames[:n]) for camera, frames in images.items()},
-                        episode.instruction, episode.success, {"sim_task": env.task_name, "sim_seed": seed})
+                        episode.instruction, episode.success, {"sim_task": env.task_name, "sim_seed": seed,
+                                                                         "sim_target": target})
     return episode
 
 
@@ -119,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--cameras", default=",".join(CAMERAS), help="comma-separated subset of " + ",".join(CAMERAS))
     parser.add_argument("--image-hz", type=int, default=15, help="camera rate in bags (divides 240)")
+    parser.add_argument("--all-targets", action="store_true", help="every object of a scene as the target in turn "
+                        "(reach: 3 episodes per seed, pick: 2): the same images with different instructions")
     args = parser.parse_args(argv)
     summaries = record(args.task, args.episodes, args.out, args.format, args.seed, (args.height, args.width),
-                       tuple(c for c in args.cameras.split(",") if c), args.image_hz)
+                       tuple(c for c in args.cameras.split(",") if c), args.image_hz,
+                       all_targets=args.all_targets)
     successes = sum(s["success"] for s in summaries)
     json.dump({"task": args.task, "format": args.format, "out": args.out, "episodes": len(summaries),
                "successes": successes, "per_episode": summaries}, sys.stdout, indent=1)

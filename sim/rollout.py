@@ -69,6 +69,7 @@ class Episode:
 
     seed: int
     instruction: str
+    target: int = 0  # which object of the seed's scene was the target (sim.tasks)
     success: bool = False
     control_steps: int = 0
     chunks: list[np.ndarray] = field(default_factory=list)  # accepted chunks as executed (cut at the horizon), [T, 8]
@@ -81,11 +82,11 @@ class Episode:
         return np.concatenate(self.chunks) if self.chunks else np.zeros((0, 8))
 
 
-def run_episode(env: FrankaSimEnv, policy: Policy, seed: int, *, render: bool = False, frame_every: int = 3,
-                on_frame: Callable[[SimObservation], None] | None = None,
+def run_episode(env: FrankaSimEnv, policy: Policy, seed: int, *, target: int = 0, render: bool = False,
+                frame_every: int = 3, on_frame: Callable[[SimObservation], None] | None = None,
                 on_chunk: Callable[[FrankaSimEnv, np.ndarray], None] | None = None,
                 on_step: Callable[[FrankaSimEnv], None] | None = None) -> Episode:
-    """Run one episode of `policy` from `env.reset(seed)`.
+    """Run one episode of `policy` from `env.reset(seed, target=target)`.
 
     render: whether observations carry images (for image-based policies and videos).
     frame_every: control steps between frames; at reset and whenever the episode's control step count is a multiple
@@ -93,9 +94,9 @@ def run_episode(env: FrankaSimEnv, policy: Policy, seed: int, *, render: bool = 
     on_chunk(env, chunk): after each accepted chunk is sent (recording the commands).
     on_step(env): after reset and after every physics step (recording at sensor rates).
     """
-    obs = env.reset(seed, render=render)
+    obs = env.reset(seed, render=render, target=target)
     policy.reset(obs.instruction)
-    episode = Episode(seed=seed, instruction=obs.instruction)
+    episode = Episode(seed=seed, instruction=obs.instruction, target=target)
     observers = [f for f in (on_frame, policy.observe if isinstance(policy, FrameObserver) else None) if f]
     substeps = env.PHYSICS_HZ // env.CONTROL_HZ
     if on_step:

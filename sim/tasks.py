@@ -7,6 +7,8 @@
 
 A task samples everything from the generator it is given (so a seed fixes the scene), builds its bodies into a
 pybullet client and answers questions about them. Objects lie on the floor plane the robot stands on, in front of it.
+In reach and pick, any cube of a scene can be the target (`target`: 0 is the seed's own choice, the others name another
+cube of the same scene): recording each in turn gives the same images with different instructions.
 """
 from __future__ import annotations
 
@@ -31,10 +33,20 @@ class Task:
 
     name: ClassVar[str]
     max_steps: ClassVar[int]
+    targets: ClassVar[int] = 1  # how many objects of a scene can be the target
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, target: int = 0):
+        self.target = self.check_target(target)
         self.instruction = ""
         self.bodies: dict[str, int] = {}  # object name -> pybullet body id, filled by build
+
+    @classmethod
+    def check_target(cls, target: int) -> int:
+        """`target`, or ValueError when a scene of this task has no such object."""
+        if not 0 <= target < cls.targets:
+            raise ValueError(f"task {cls.name!r}: target {target} out of range (a scene has {cls.targets} "
+                             f"possible target{'s' if cls.targets > 1 else ''}: 0..{cls.targets - 1})")
+        return target
 
     def build(self, client) -> None:
         """Create this scene's bodies in `client`."""
@@ -69,6 +81,12 @@ class Task:
         self.bodies[name] = body
 
 
+def _target_first(values, target: int):
+    """`values` (sequence or array, one entry per object) with entry `target` moved to the front."""
+    order = [target] + [i for i in range(len(values)) if i != target]
+    return [values[i] for i in order] if isinstance(values, list) else values[order]
+
+
 def _sample_points(rng: np.random.Generator, n: int, min_distance: float,
                    x_range=WORKSPACE_X, y_range=WORKSPACE_Y) -> np.ndarray:
     """n points [n, 2] uniform in the workspace, pairwise at least `min_distance` apart (rejection sampling)."""
@@ -84,13 +102,14 @@ class ReachTask(Task):
 
     name = "reach"
     max_steps = 72  # 4.8 s at 15 Hz
+    targets = 3
     SUCCESS_RADIUS = 0.05
 
-    def __init__(self, rng: np.random.Generator):
-        super().__init__(rng)
-        self.colours = [str(c) for c in rng.choice(list(COLOURS), size=3, replace=False)]  # [target, distractors]
-        self.xy = _sample_points(rng, 3, min_distance=0.12)  # [3, 2]
-        self.yaw = rng.uniform(-math.pi / 4, math.pi / 4, 3)
+    def __init__(self, rng: np.random.Generator, target: int = 0):
+        super().__init__(rng, target)
+        colours = [str(c) for c in rng.choice(list(COLOURS), size=3, replace=False)]
+        xy, yaw = _sample_points(rng, 3, min_distance=0.12), rng.uniform(-math.pi / 4, math.pi / 4, 3)  # [3, 2], [3]
+        self.colours, self.xy, self.yaw = (_target_first(v, target) for v in (colours, xy, yaw))  # target first
         self.instruction = f"reach the {self.colours[0]} cube"
 
     def build(self, client) -> None:
@@ -109,8 +128,8 @@ class PushTask(Task):
     max_steps = 240  # 16 s at 15 Hz
     GOAL_HALF = 0.04  # m, half the goal square's side
 
-    def __init__(self, rng: np.random.Generator):
-        super().__init__(rng)
+    def __init__(self, rng: np.random.Generator, target: int = 0):
+        super().__init__(rng, target)
         self.cube_colour, self.goal_colour = (str(c) for c in rng.choice(list(COLOURS), size=2, replace=False))
         while True:
             self.cube_xy = np.array([rng.uniform(0.42, 0.58), rng.uniform(-0.15, 0.15)])
@@ -142,13 +161,14 @@ class PickTask(Task):
 
     name = "pick"
     max_steps = 120  # 8 s at 15 Hz
+    targets = 2
     LIFT_M = 0.08
 
-    def __init__(self, rng: np.random.Generator):
-        super().__init__(rng)
-        self.colours = [str(c) for c in rng.choice(list(COLOURS), size=2, replace=False)]  # [target, distractor]
-        self.xy = _sample_points(rng, 2, min_distance=0.15)  # [2, 2]
-        self.yaw = rng.uniform(-math.pi / 4, math.pi / 4, 2)
+    def __init__(self, rng: np.random.Generator, target: int = 0):
+        super().__init__(rng, target)
+        colours = [str(c) for c in rng.choice(list(COLOURS), size=2, replace=False)]
+        xy, yaw = _sample_points(rng, 2, min_distance=0.15), rng.uniform(-math.pi / 4, math.pi / 4, 2)  # [2, 2], [2]
+        self.colours, self.xy, self.yaw = (_target_first(v, target) for v in (colours, xy, yaw))  # target first
         self.instruction = f"pick up the {self.colours[0]} cube"
 
     def build(self, client) -> None:
@@ -162,8 +182,9 @@ class PickTask(Task):
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ReachTask, PushTask, PickTask)}
 
 
-def make_task(name: str, rng: np.random.Generator) -> Task:
-    """Sample a scene of task `name`; an unknown name raises ValueError listing the valid ones."""
+def make_task(name: str, rng: np.random.Generator, target: int = 0) -> Task:
+    """Sample a scene of task `name` with object `target` as the target; an unknown name or target raises
+    ValueError listing the valid ones."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
-    return TASKS[name](rng)
+    return TASKS[name](rng, target)

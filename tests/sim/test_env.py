@@ -82,6 +82,39 @@ def test_different_seeds_give_different_scenes(env):
     assert len(scenes) == 5
 
 
+@pytest.mark.parametrize("task", ["reach", "pick"])
+def test_every_object_of_a_scene_can_be_the_target(task):
+    """The same scene (same objects, colours, poses, first images) with another object as the target."""
+    from sim.experts import make_expert
+    from sim.rollout import run_episode
+    from sim.tasks import TASKS
+
+    with FrankaSimEnv(task=task, image_hw=(45, 80)) as env:
+        default = env.reset(11)
+        scenes = []
+        for target in range(TASKS[task].targets):
+            obs = env.reset(11, target=target)
+            objects = env.task_info()["objects"]
+            colour = obs.instruction.split(" the ")[1].split()[0]
+            assert colour == env.task.colours[0] and env.task.target == target
+            scenes.append(sorted((tuple(o["position"]), o["yaw"]) for o in objects.values()))
+            for camera, image in obs.images.items():
+                np.testing.assert_array_equal(image, default.images[camera])
+            if target == 0:
+                assert obs.instruction == default.instruction
+        assert all(scene == scenes[0] for scene in scenes)
+        instructions = set()
+        for target in range(TASKS[task].targets):
+            episode = run_episode(env, make_expert(env), 11, target=target)
+            assert episode.success and episode.target == target
+            instructions.add(episode.instruction)
+        assert len(instructions) == TASKS[task].targets
+        with pytest.raises(ValueError, match=f"target {TASKS[task].targets} out of range"):
+            env.reset(11, target=TASKS[task].targets)
+        with pytest.raises(ValueError, match="target 1 out of range"):
+            TASKS["push"].check_target(1)
+
+
 def test_frames_at_5fps_while_a_chunk_runs(env):
     env.reset(0, render=False)
     frames = env.execute_chunk(smooth_chunk(24), dt=1 / 15, observe_every=3)

@@ -135,7 +135,7 @@ def test_sqlite3_bag_with_configured_rate_and_metadata(sqlite_bag):
     images = read_messages(path, "/cameras/wrist/image_raw")
     np.testing.assert_allclose(rates([t for t, _ in images]), 5, rtol=1e-6)
     assert (images[0][1].height, images[0][1].width) == (36, 64)
-    assert read_custom_data(path) == {"task": "pick", "seed": "2", "success": "true"}
+    assert read_custom_data(path) == {"task": "pick", "seed": "2", "target": "0", "success": "true"}
 
 
 def test_lerobot_dataset_layout_and_metadata(dataset):
@@ -171,6 +171,18 @@ def test_lerobot_dataset_layout_and_metadata(dataset):
     assert stats["frame_index"]["max"] == [max(lengths) - 1]
     per_episode = [json.loads(line) for line in (root / "meta" / "episodes_stats.jsonl").read_text().splitlines()]
     assert [e["episode_index"] for e in per_episode] == [0, 1] and "q99" in per_episode[0]["stats"]["action"]
+
+
+def test_lerobot_all_targets(tmp_path):
+    """--all-targets: each scene's cubes take turns as the target (the images are compared in test_env)."""
+    root = tmp_path / "reach_all"
+    summaries = record("reach", 4, root, "lerobot", seed=8, image_hw=(36, 64), all_targets=True)
+    episodes = lerobot.read_episodes(root)
+    assert [(e["sim_seed"], e["sim_target"]) for e in episodes] == [(8, 0), (8, 1), (8, 2), (9, 0)]
+    assert [s["target"] for s in summaries] == [0, 1, 2, 0] and all(s["success"] for s in summaries)
+    assert len({s["instruction"] for s in summaries[:3]}) == 3
+    with pytest.raises(ValueError, match="recorded with target 1"):  # replays cannot rebuild other targets
+        load_replays(root, "reach")
 
 
 def test_lerobot_parquet_and_videos_read_back(dataset):
