@@ -11,7 +11,7 @@ What runs (all on loopback, on a private DDS domain; no ROS install needed):
     this process    resets each episode (/sim/reset, then the node's ~/reset), judges success from /sim/task_info,
                     collects the node's ~/action_chunk and ~/status, records one episode's cameras, writes the report
 
-Episode e runs seed `--seed + e` (the bundled policy was trained on seeds 0..199; the default 10000.. are unseen).
+Episode e runs seed `--seed + e` (the bundled policy was trained on seeds 0..379; the default 10000.. are unseen).
 An episode lasts `--episode-s` seconds of sim time from its reset (default: the task's 4.8 s horizon plus one chunk,
 1.6 s, for the node's inference latency, which the in-process evaluation does not pay) and succeeds when
 /sim/task_info (published every sim second) reports success. The node runs in real time against the sim's stamps:
@@ -46,6 +46,11 @@ CAMERAS = ("wrist", "exterior_1", "exterior_2")
 
 class DemoError(RuntimeError):
     """The demo could not run (not: the policy failed the task)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM / SIGHUP arrived. Not KeyboardInterrupt: CPython (3.11) remembers a KeyboardInterrupt raised
+    inside exec() (rosbags compiles its serializers with it) as unhandled and exits by SIGINT even after we caught it."""
 
 
 class Child:
@@ -249,6 +254,17 @@ def run_episode(monitor: Monitor, children: list[Child], seed: int, episode_s: f
             "rejected_trajectories": infos[-1].get("rejected_trajectories", 0) if infos else 0}
 
 
+def training_summary(checkpoint: Path) -> str:
+    """What the checkpoint's metadata says it was trained on (one line for the report)."""
+    try:
+        metadata = json.loads((checkpoint / "experiment_cfg" / "metadata.json").read_text())
+        dataset = next(v["dataset"] for v in metadata.values() if isinstance(v, dict) and "dataset" in v)
+        return (f"trained on {len(dataset['train_episodes'])} episodes of {Path(dataset['root']).name} "
+                f"(episode indices {min(dataset['train_episodes'])}..{max(dataset['train_episodes'])})")
+    except (OSError, ValueError, KeyError, StopIteration):
+        return "training data not recorded in the checkpoint's metadata"
+
+
 def write_report(out: Path, report: dict) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1))
     s, lat = report["summary"], report["summary"]["chunk_latency"]
@@ -259,7 +275,7 @@ def write_report(out: Path, report: dict) -> None:
         "",
         f"**Success: {s['successes']}/{s['episodes']} = {100 * s['success_rate']:.0f}%** "
         f"(Wilson 95% CI {100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}%), seeds "
-        f"{report['seeds'][0]}..{report['seeds'][-1]} (training used 0..199).", "",
+        f"{report['seeds'][0]}..{report['seeds'][-1]}; {report['training']}.", "",
         f"Chunk latency (node ActionChunk.inference_latency, {lat.get('n', 0)} chunks): "
         f"mean {lat.get('mean_ms', 0)} ms, p50 {lat.get('p50_ms', 0)} ms, p90 {lat.get('p90_ms', 0)} ms; "
         f"node PolicyStatus p50/p90 {s['status_latency_ms'][0]}/{s['status_latency_ms'][1]} ms.", "",
@@ -280,7 +296,8 @@ def write_report(out: Path, report: dict) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sim.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=10000, help="seed of the first episode (training: 0..199)")
+    parser.add_argument("--seed", type=int, default=10000, help="seed of the first episode "
+                        "(the bundled policy's training: 0..379)")
     parser.add_argument("--out", default="out/demo", help="report folder (created)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--task", default="reach")
@@ -327,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def interrupted(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise Interrupted(signal.Signals(signum).name)
 
     for sig in previous:
         signal.signal(sig, interrupted)
@@ -356,8 +373,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: started sim (pid {children[0].pid}) and policy node (pid {children[1].pid}); waiting for them",
               flush=True)
         wait_for(lambda: monitor.task_info, args.startup_timeout_s, "the sim's /sim/task_info", children)
-        status = wait_for(lambda: (s := monitor.policy_status()) is not None and s.lifecycle_state == "active" and s,
-                          args.startup_timeout_s, "the policy node to become active", children)
+        node = children[1]
+
+        def node_active():
+            if "configure failed" in node.tail(40):
+                raise DemoError(f"the policy node could not configure; last lines of {node.log_path}:\n{node.tail()}")
+            s = monitor.policy_status()
+            return s is not None and s.lifecycle_state == "active" and s
+
+        status = wait_for(node_active, args.startup_timeout_s, "the policy node to become active", children)
         for client, name in ((monitor.sim_reset, "/sim/reset"), (monitor.node_reset, f"{NODE}/reset")):
             if not client.wait_for_service(30.0):
                 raise DemoError(f"service {name} not available")
@@ -396,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.num_steps or engine.get('num_steps', 16)}-step {engine.get('sampler', 'unipc')} sampling"
         report = {
             "task": args.task, "checkpoint": str(checkpoint), "model_name": status.model_name if status else "",
-            "sampling": sampling, "embodiment": embodiment, "domain_id": domain_id, "seeds": [r["seed"] for r in rows],
+            "sampling": sampling, "training": training_summary(checkpoint), "embodiment": embodiment,
+            "domain_id": domain_id, "seeds": [r["seed"] for r in rows],
             "episode_s": args.episode_s, "image_hz": args.image_hz, "image_hw": [args.height, args.width],
             "summary": {"episodes": len(rows), "successes": successes, "success_rate": successes / len(rows),
                         "wilson95": [low, high], "chunk_latency": percentiles(latencies),
@@ -419,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     except DemoError as error:
         print(f"demo: failed: {error}", file=sys.stderr, flush=True)
         code = 1
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         print("demo: interrupted", file=sys.stderr, flush=True)
         code = 130
     finally:
