@@ -17,9 +17,9 @@ $(STAMP): setup.py
 
 setup: $(STAMP)
 
-## Main job: the closed-loop demo on the bundled default (until it lands: the tiny-preset model benchmark).
+## Main job: the closed-loop demo (sim + policy node as two processes over DDS, the bundled tiny_reach policy).
 demo: setup
-	$(BIN)/python bench/bench_model.py --presets tiny --calls 6
+	$(BIN)/python -m sim.demo --episodes 10 --out out/demo
 
 ## The test suite (CPU, no ROS install needed).
 test: setup
