@@ -75,22 +75,36 @@ def _write(writer: DataWriter, msg: Any, msgtype: str, what: str) -> None:
         raise MiddlewareError(f"DDS write on {what} failed: {DDSException(ret)}")
 
 
-class DdsActionClient(ActionClient, _Waitable):
-    def __init__(self, mw: "DdsMiddleware", name: str, action_type: str):
+class _ActionEndpoints(_Waitable):
+    """The three services and two topics of one action, on the client side (requesters, topic readers) or the
+    server side (responders, topic writers)."""
+
+    def __init__(self, mw: "DdsMiddleware", name: str, action_type: str, service: type, topic: type):
         self.name, self.action_type = name, action_type
         self._mw = mw
         self._types = msgs.action_types(action_type)
         names = action_names(name)
-        self._send = _Requester(mw, names["send_goal"], self._types.send_goal)
-        self._cancel = _Requester(mw, names["cancel_goal"], CANCEL_TYPE)
-        self._result = _Requester(mw, names["get_result"], self._types.get_result)
+        self._send = service(mw, names["send_goal"], self._types.send_goal)
+        self._cancel = service(mw, names["cancel_goal"], CANCEL_TYPE)
+        self._result = service(mw, names["get_result"], self._types.get_result)
         self._feedback_topic, self._status_topic = names["feedback"], names["status"]
-        self._feedback = DataReader(mw._dp, mw._topic(dds_topic_name(names["feedback"]), self._types.feedback_message),
-                                    qos=_dds_qos(FEEDBACK_QOS))
-        self._status = DataReader(mw._dp, mw._topic(dds_topic_name(names["status"]), STATUS_TYPE),
-                                  qos=_dds_qos(STATUS_QOS))
-        self._conds = [ReadCondition(r, _ANY_STATE) for r in (self._send.reader, self._cancel.reader,
-                                                              self._result.reader, self._feedback, self._status)]
+        self._feedback = topic(mw._dp, mw._topic(dds_topic_name(names["feedback"]), self._types.feedback_message),
+                               qos=_dds_qos(FEEDBACK_QOS))
+        self._status = topic(mw._dp, mw._topic(dds_topic_name(names["status"]), STATUS_TYPE), qos=_dds_qos(STATUS_QOS))
+        self._conds = [ReadCondition(r.reader, _ANY_STATE) for r in (self._send, self._cancel, self._result)]
+
+    def destroy(self) -> None:
+        self._mw._remove_waitable(self, *self._conds)
+        for e in (*self._conds, self._feedback, self._status):
+            _delete(e)
+        for r in (self._send, self._cancel, self._result):
+            r.destroy()
+
+
+class DdsActionClient(_ActionEndpoints, ActionClient):
+    def __init__(self, mw: "DdsMiddleware", name: str, action_type: str):
+        super().__init__(mw, name, action_type, _Requester, DataReader)
+        self._conds += [ReadCondition(r, _ANY_STATE) for r in (self._feedback, self._status)]
         self._lock = threading.Lock()
         self._goals: OrderedDict[bytes, ClientGoalHandle] = OrderedDict()   # unfinished goals by id
         self._sent: dict[int, ClientGoalHandle] = {}        # send_goal sequence number -> goal
@@ -176,13 +190,6 @@ class DdsActionClient(ActionClient, _Waitable):
                     handle.status = GoalStatus(status.status)
         return n
 
-    def destroy(self) -> None:
-        self._mw._remove_waitable(self, *self._conds)
-        for e in (*self._conds, self._feedback, self._status):
-            _delete(e)
-        for r in (self._send, self._cancel, self._result):
-            r.destroy()
-
 
 class _DdsServerGoalHandle(ServerGoalHandle):
     def __init__(self, server: "DdsActionServer", goal_id: bytes, goal: Any, stamp_ns: int):
@@ -207,22 +214,11 @@ class _DdsServerGoalHandle(ServerGoalHandle):
         self._server._finish(self, GoalStatus.CANCELED, result)
 
 
-class DdsActionServer(ActionServer, _Waitable):
+class DdsActionServer(_ActionEndpoints, ActionServer):
     def __init__(self, mw: "DdsMiddleware", name: str, action_type: str, on_goal: Callable[[ServerGoalHandle], bool],
                  on_cancel: Callable[[ServerGoalHandle], bool] | None):
-        self.name, self.action_type = name, action_type
-        self._mw, self._on_goal, self._on_cancel = mw, on_goal, on_cancel
-        self._types = msgs.action_types(action_type)
-        names = action_names(name)
-        self._send = _Responder(mw, names["send_goal"], self._types.send_goal)
-        self._cancel = _Responder(mw, names["cancel_goal"], CANCEL_TYPE)
-        self._result = _Responder(mw, names["get_result"], self._types.get_result)
-        self._feedback_topic, self._status_topic = names["feedback"], names["status"]
-        self._feedback = DataWriter(mw._dp, mw._topic(dds_topic_name(names["feedback"]), self._types.feedback_message),
-                                    qos=_dds_qos(FEEDBACK_QOS))
-        self._status = DataWriter(mw._dp, mw._topic(dds_topic_name(names["status"]), STATUS_TYPE),
-                                  qos=_dds_qos(STATUS_QOS))
-        self._conds = [ReadCondition(r.reader, _ANY_STATE) for r in (self._send, self._cancel, self._result)]
+        super().__init__(mw, name, action_type, _Responder, DataWriter)
+        self._on_goal, self._on_cancel = on_goal, on_cancel
         self._lock = threading.RLock()
         self._goals: OrderedDict[bytes, _DdsServerGoalHandle] = OrderedDict()
         self._waiting: dict[bytes, list] = {}        # goal id -> get_result reply tokens
@@ -333,10 +329,3 @@ class DdsActionServer(ActionServer, _Waitable):
                            for h in self._goals.values()]
             _write(self._status, msgs.msg_class(STATUS_TYPE)(status_list=status_list), STATUS_TYPE,
                    self._status_topic)
-
-    def destroy(self) -> None:
-        self._mw._remove_waitable(self, *self._conds)
-        for e in (*self._conds, self._feedback, self._status):
-            _delete(e)
-        for r in (self._send, self._cancel, self._result):
-            r.destroy()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import queue
+import signal
 import time
 
 
@@ -13,6 +14,14 @@ def wait_for(predicate, timeout_s: float, what: str):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def stop_sim(process) -> str:
+    """SIGINT to a `python -m sim.serve` process; asserts a clean exit and returns its output."""
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    return output
 
 
 class Latest:

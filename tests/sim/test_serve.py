@@ -6,7 +6,6 @@ episode through the service, all through `dreamzero_policy.middleware` on a priv
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ from dreamzero_policy.middleware import QoS, create_middleware  # noqa: E402
 
 from sim import robot, rosmsg  # noqa: E402
 from sim.controller import JointTrajectory  # noqa: E402
-from simtest_util import Latest, wait_for  # noqa: E402
+from simtest_util import Latest, stop_sim, wait_for  # noqa: E402
 
 
 def test_sim_serves_the_robot_topics_to_another_process(sim_process, sim_domain):
@@ -76,7 +75,5 @@ def test_sim_serves_the_robot_topics_to_another_process(sim_process, sim_domain)
         assert json.loads(info.all[-1].data)["rejected_trajectories"] == 0
     finally:
         mw.shutdown()
-    sim_process.send_signal(signal.SIGINT)
-    output, _ = sim_process.communicate(timeout=30)
-    assert sim_process.returncode == 0, output
+    output = stop_sim(sim_process)
     assert output.count("trajectory rejected") == 1 and "fr3_joint3 at point 1 is nan" in output

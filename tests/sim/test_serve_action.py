@@ -1,7 +1,6 @@
 """The sim's FollowJointTrajectory action servers, driven from this process over Cyclone DDS on loopback."""
 from __future__ import annotations
 
-import signal
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from dreamzero_policy.middleware import GoalStatus, QoS, create_middleware  # no
 from sim import robot, rosmsg  # noqa: E402
 from sim.controller import JointTrajectory  # noqa: E402
 from sim.serve import PREEMPTED  # noqa: E402
-from simtest_util import Latest, wait_for  # noqa: E402
+from simtest_util import Latest, stop_sim, wait_for  # noqa: E402
 
 ARM = rosmsg.TRAJECTORY_ACTIONS["fr3_arm_controller"]
 
@@ -58,7 +57,5 @@ def test_follow_joint_trajectory_goals_preempt_cancel_and_reject(sim_process, si
         wait_for(lambda: np.abs(position() - held).max() < 0.02, 5, "the arm holding")
     finally:
         mw.shutdown()
-    sim_process.send_signal(signal.SIGINT)
-    output, _ = sim_process.communicate(timeout=30)
-    assert sim_process.returncode == 0, output
+    output = stop_sim(sim_process)
     assert output.count("goal rejected") == 1 and "fr3_joint3 at point 1 is nan" in output
