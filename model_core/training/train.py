@@ -548,7 +548,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Action MAE of sampled chunks on held-out episodes (every rank runs val_batches batches; summed)."""
+        """Action MAE of sampled chunks on held-out episodes (every rank runs val_batches batches; summed), and
+        `action_mae_from_rest`: the first chunk of held-out samples that start at an episode's first step, where
+        only the images and the instruction say where to go (the state does once the robot moves)."""
         cfg, env = self.cfg, self.env
         n, bs = len(self.val_set), cfg.optim.batch_size
         flash = None
@@ -577,10 +579,20 @@ class Trainer:
             gt_u = unnorm(gt.cpu().numpy().reshape(-1, real))
             sums[2] += float(np.abs(pred_u - gt_u).sum())
             sums[3] += loss.item()
+        rest = [i for i, ref in enumerate(self.val_set.refs) if ref.start == 0][:bs]  # the same on every rank
+        from_rest = {}
+        if rest:
+            batch = _to_device(torch.utils.data.default_collate([self.val_set[i] for i in rest]), self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                pred = forward.rollout(batch, cfg.schedule.val_sampling_steps, step_seed(cfg.run.seed + 2, 0), flash)
+            T = self.dit.cfg.num_action_per_block
+            error = (pred.float()[:, :T, :real] - batch["actions"].float()[:, :T, :real]).abs().mean()
+            from_rest["action_mae_from_rest"] = error.item()
         self.dit.train(was_training)
         total = _all_sum(sums.tolist(), env, self.device)
         batches = cfg.schedule.val_batches * env.world
-        return {"action_mae": total[0] / total[1], "action_mae_units": total[2] / total[1], "loss": total[3] / batches}
+        return {"action_mae": total[0] / total[1], "action_mae_units": total[2] / total[1], "loss": total[3] / batches,
+                **from_rest}
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 

@@ -67,9 +67,26 @@ def test_loss_decreases(trained):
     val_logs = [h for h in result.history if h["kind"] == "val"]
     assert [h["step"] for h in val_logs] == [15, 30]
     assert all(np.isfinite(h["action_mae"]) and h["action_mae_units"] > 0 for h in val_logs)
+    assert all(h["action_mae_from_rest"] > 0 for h in val_logs)
     logged = [json.loads(line) for line in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == len(result.history)
     assert any(p.name.startswith("events.out.tfevents") for p in (trainer.output_dir / "tensorboard").iterdir())
+
+
+def test_action_mae_from_rest_is_the_first_chunk_of_episode_starts(trained):
+    import torch
+
+    from model_core.training.objective import rollout_actions, step_seed
+
+    trainer = trained[0]
+    rest = [i for i, ref in enumerate(trainer.val_set.refs) if ref.start == 0]
+    assert rest and len(rest) < len(trainer.val_set)  # the metric picks a subset
+    batch = torch.utils.data.default_collate([trainer.val_set[i] for i in rest[:trainer.cfg.optim.batch_size]])
+    steps, seed = trainer.cfg.schedule.val_sampling_steps, step_seed(trainer.cfg.run.seed + 2, 0)
+    pred = rollout_actions(trainer.dit.eval(), batch, steps, trainer.cfg.objective.shift, seed)
+    T, real = trainer.dit.cfg.num_action_per_block, trainer.data.normalizer.action.size
+    expected = (pred[:, :T, :real] - batch["actions"][:, :T, :real]).abs().mean().item()
+    assert trainer.validate()["action_mae_from_rest"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_checkpoint_reloads_bit_exactly_and_runs_in_the_engine(trained):
