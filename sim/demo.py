@@ -216,10 +216,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def run_episode(monitor: Monitor, children: list[Child], seed: int, episode_s: float, record: bool) -> dict:
     """Reset the sim (to `seed`) and the node, run until success or `episode_s` sim seconds; the episode's row."""
     first_chunk = monitor.chunk_count()
-    monitor.recording = record
     tic = time.monotonic()
     instruction = monitor.trigger(monitor.sim_reset, "/sim/reset")
     wait_for(lambda: monitor.infos_for(seed), 10, f"/sim/task_info of seed {seed}", children)
+    monitor.take_frames()  # nothing of the previous scene in the video
+    monitor.recording = record
     # The node holds at the current position and starts a new episode (its next block is one frame of the new
     # scene); needed because a repeated instruction alone does not reset it. The short wait lets its latest joint
     # state be the reset pose, so the hold does not pull the arm back to where the last episode ended.
