@@ -75,9 +75,7 @@ class TrajectoryGoals:
             self._rate_log(f"{self.name}:{kind}", logging.WARNING, "controller %s %s", self.name, detail)
 
     def destroy(self) -> None:
-        destroy = getattr(self._client, "destroy", None)
-        if callable(destroy):
-            destroy()
+        self._client.destroy()
 
 
 def _describe(result: Any) -> str:

@@ -178,6 +178,10 @@ class ActionClient(abc.ABC):
     def cancel(self, handle: ClientGoalHandle) -> None:
         """Ask the server to cancel the goal (without waiting); a done goal is left alone."""
 
+    @abc.abstractmethod
+    def destroy(self) -> None:
+        """Release the client's endpoints."""
+
 
 class ServerGoalHandle(abc.ABC):
     """One goal an `ActionServer` accepted: `goal` (rosbags `<action>_Goal`), `goal_id` (16 bytes), `status`.
