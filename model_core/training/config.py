@@ -230,7 +230,8 @@ _PATH_FIELDS = (("run", "output_dir"), ("model", "init_from"), ("dataset", "root
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
-    """Relative paths in the YAML resolve against the config file's folder (embodiment: only a *.yaml path)."""
+    """Relative paths in the YAML resolve against the config file's folder (embodiment: only a *.yaml path; encoder
+    files of model.encoder_overrides: only without model.init_from, whose files resolve against the checkpoint)."""
     for path in _PATH_FIELDS:
         node = data
         for key in path[:-1]:
@@ -244,6 +245,14 @@ def _resolve_paths(data: dict, base: Path) -> dict:
             continue
         p = Path(value).expanduser()
         node[path[-1]] = str(p if p.is_absolute() else (base / p).resolve())
+    model = data.get("model")
+    if isinstance(model, dict) and not model.get("init_from"):  # with init_from they are relative to the checkpoint
+        encoders = (model.get("encoder_overrides") or {}).get("encoders")
+        for spec in (encoders.values() if isinstance(encoders, dict) else ()):
+            for key in ("path", "tokenizer"):
+                if isinstance(spec, dict) and isinstance(spec.get(key), str):
+                    p = Path(spec[key]).expanduser()
+                    spec[key] = str(p if p.is_absolute() else (base / p).resolve())
     return data
 
 

@@ -1,0 +1,150 @@
+"""Fit the tiny Wan VAE to a dataset's frames, so that the tiny preset's latents show what the camera sees.
+
+    python -m model_core.training.fit_vae --config config/train/tiny_reach_bundled.yaml --out runs/tiny_encoders
+
+DreamZero's VAE is Wan's, pretrained on web video and frozen. The tiny preset has no pretrained VAE to download, and a
+randomly initialised one (`WanVAE.tiny`) loses small objects: on sim reach scenes a CNN probe reads the target's
+position from the 32x64 tiled pixels but not from the random VAE's latents (bench/probe_grounding.py --input).
+This fits the same class (same config, strides and key layout) as an autoencoder on the frames a DiT training config
+would encode: clips of 1 + 4 model frames (both the first-frame and the 4-frame causal path), an L1 reconstruction
+loss, and a penalty that keeps every normalised latent channel near zero mean and unit spread (the statistics the
+DiT's flow matching assumes). `--out` gets `encoders/{vae,text_encoder,image_encoder}.safetensors` in the layout
+`model.encoders: checkpoint` reads: the fitted VAE, and the random tiny text and image encoders of the same seed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from model_core.config import TINY_VIDEO_HW, preset
+from model_core.errors import ModelCoreError
+from model_core.image_encoder import ImageEncoder
+from model_core.text_encoder import PromptEncoder
+from model_core.vae import WanVAE
+from model_core.training.config import TrainConfig, load_config
+from model_core.training.data import DreamZeroData, SampleGeometry
+from model_core.training.errors import DatasetError, TrainConfigError
+
+log = logging.getLogger("dreamzero.fit_vae")
+CLIP_FRAMES = 5  # 1 + 4: one first-frame latent and one 4-frame latent
+
+
+def model_frames(cfg: TrainConfig, episodes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The model frames (tiled views at the video rate) of the first `episodes` training episodes and of the
+    validation episodes: lists of [N, H, W, 3] uint8."""
+    from model_core.training.train import _load_embodiment
+
+    dit_cfg = preset(cfg.model.preset)
+    video_hw = tuple(cfg.model.video_hw or TINY_VIDEO_HW)
+    probe = WanVAE.tiny("wan21", seed=cfg.model.init_seed)
+    geometry = SampleGeometry(cfg.dataset.num_chunks, dit_cfg.num_action_per_block,
+                              dit_cfg.num_frame_per_block * probe.temporal_stride)
+    data = DreamZeroData(cfg.dataset, _load_embodiment(cfg.embodiment), geometry, video_hw, cfg.model.view_hw,
+                         dit_cfg.action_dim, dit_cfg.max_state_dim)
+    train_ids = sorted({ref.episode for ref in data.train_samples})[:episodes]
+    val_ids = sorted({ref.episode for ref in data.val_samples})
+
+    def frames(episode: int) -> np.ndarray:
+        views = data.decode_views(episode)
+        steps = range(0, data.episodes[episode].length, geometry.frame_stride)
+        return np.stack([data.video({c: v[t] for c, v in views.items()}) for t in steps])
+
+    train = [frames(e) for e in tqdm(train_ids, desc="decoding episodes", unit="episode")]
+    return train, [frames(e) for e in val_ids]
+
+
+def sample_clips(episodes: list[np.ndarray], batch: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random clips of CLIP_FRAMES consecutive model frames -> [B, 3, T, H, W] in [-1, 1] (short episodes repeat their
+    last frame)."""
+    clips = []
+    for e in rng.integers(0, len(episodes), batch):
+        frames = episodes[e]
+        start = int(rng.integers(0, max(1, len(frames) - CLIP_FRAMES + 1)))
+        index = np.minimum(np.arange(start, start + CLIP_FRAMES), len(frames) - 1)
+        clips.append(frames[index])
+    video = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3)  # [B, T, H, W, 3] -> [B, 3, T, H, W]
+    return video.float() / 127.5 - 1.0
+
+
+def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float) -> tuple[torch.Tensor, float]:
+    """L1 reconstruction through the normalised latent + the latent statistics penalty -> (loss, L1)."""
+    z = vae._encode_chunks(video, [None] * vae._num_encoder_convs, first=True)  # [B, C, F, h, w], normalised
+    mean, inv_std = vae.latent_stats(z.device)
+    recon = vae.model.decode(z / inv_std + mean).sample  # [B, 3, T, H, W]
+    l1 = (recon - video).abs().mean()
+    channel_mean = z.mean(dim=(0, 2, 3, 4))
+    channel_std = z.std(dim=(0, 2, 3, 4))
+    stats = (channel_mean.pow(2) + (channel_std - 1.0).pow(2)).mean()
+    return l1 + stats_weight * stats, l1.item()
+
+
+def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: float, stats_weight: float,
+        seed: int) -> dict:
+    """Fit the tiny VAE; write the three tiny encoders under out/encoders; return the losses."""
+    train, val = model_frames(cfg, episodes)
+    if not train:
+        raise DatasetError("the dataset has no training episodes")
+    torch.manual_seed(seed)
+    vae = WanVAE.tiny("wan21", seed=cfg.model.init_seed)
+    vae.model.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    rng = np.random.default_rng(seed)
+    history = []
+    bar = tqdm(range(steps), desc="fitting the VAE", unit="step")
+    for step in bar:
+        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng), stats_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append(l1)
+        bar.set_postfix(l1=f"{np.mean(history[-50:]):.4f}")
+    vae.model.eval().requires_grad_(False)
+    result = {"steps": steps, "train_l1": float(np.mean(history[-50:]))}
+    if val:
+        with torch.no_grad():
+            result["val_l1"] = autoencoder_loss(vae, sample_clips(val, 64, np.random.default_rng(0)), 0.0)[1]
+    (out / "encoders").mkdir(parents=True, exist_ok=True)
+    seed_ = cfg.model.init_seed  # the text and image encoders tiny_components would build with this seed
+    for name, encoder in (("vae", vae), ("text_encoder", PromptEncoder.tiny(seed=seed_)),
+                          ("image_encoder", ImageEncoder.tiny(seed=seed_))):
+        save_file({k: v.contiguous() for k, v in encoder.original_state_dict().items()},
+                  str(out / "encoders" / f"{name}.safetensors"))
+    (out / "fit_vae.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dreamzero-fit-vae", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the DiT training YAML whose dataset and frames to fit")
+    parser.add_argument("--out", required=True, help="output folder (gets encoders/*.safetensors, fit_vae.json)")
+    parser.add_argument("--episodes", type=int, default=300, help="training episodes to take frames from")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=4, help="clips per step")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--stats-weight", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        result = fit(load_config(args.config), Path(args.out), args.episodes, args.steps, args.batch, args.lr,
+                     args.stats_weight, args.seed)
+    except (TrainConfigError, DatasetError, ModelCoreError) as err:
+        print(f"dreamzero-fit-vae: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Fitting the tiny VAE: reconstruction improves, the files load as the tiny encoders, and a training config that names
+them (model.encoders: checkpoint, paths relative to the YAML) trains with them and bundles them."""
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from model_core.training.config import load_config, parse_config
+from model_core.training.fit_vae import autoencoder_loss, fit, model_frames, sample_clips
+from model_core.training.train import Trainer
+from model_core.vae import WanVAE
+from tests.training.lerobot_fixtures import make_episode, train_config, write_v21
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_v21(tmp_path_factory.mktemp("ds"), [make_episode(i, n) for i, n in enumerate((60, 66, 60))])
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset, tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = parse_config(train_config(dataset, tmp_path_factory.mktemp("unused"), dataset={"val_episodes": [2]}))
+    out = tmp_path_factory.mktemp("encoders")
+    frames, _ = model_frames(cfg, episodes=2)
+    clips = sample_clips(frames, 4, np.random.default_rng(1))
+    with torch.no_grad():
+        before = autoencoder_loss(WanVAE.tiny("wan21", seed=0), clips, 0.0)[1]
+    result = fit(cfg, out, episodes=2, steps=12, batch=2, lr=3e-3, stats_weight=0.1, seed=0)
+    return out, clips, before, result
+
+
+def test_fitting_lowers_the_reconstruction_error(fitted):
+    out, clips, before, result = fitted
+    vae = WanVAE.from_pretrained(out / "encoders" / "vae.safetensors", "wan21", tiny=True)
+    with torch.no_grad():
+        after = autoencoder_loss(vae, clips, 0.0)[1]
+    assert after < 0.8 * before
+    assert np.isfinite(result["val_l1"]) and (out / "fit_vae.json").is_file()
+    latents = vae.encode(clips)
+    assert latents.shape == (4, 16, 2, 8, 16)  # 1 + 4 frames -> 2 latent frames of 64x128 / 8
+
+
+def test_a_training_config_uses_and_bundles_the_fitted_encoders(fitted, dataset, tmp_path):
+    out, _, _, _ = fitted
+    (tmp_path / "enc").symlink_to(out / "encoders")
+    data = train_config(dataset, tmp_path / "run", dataset={"cache_dir": str(tmp_path / "cache")},
+                        schedule={"max_steps": 1})
+    data["run"]["output_dir"] = "run"  # relative: resolves against the YAML's folder, as the encoder files do
+    data["model"].update(encoders="checkpoint", encoder_overrides={"encoders": {
+        "vae": {"variant": "wan21", "tiny": True, "path": "enc/vae.safetensors"},
+        "text_encoder": {"tiny": True, "path": "enc/text_encoder.safetensors"},
+        "image_encoder": {"tiny": True, "path": "enc/image_encoder.safetensors"}}})
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(data))
+    trainer = Trainer(load_config(tmp_path / "train.yaml"))
+    try:
+        fitted_vae = WanVAE.from_pretrained(out / "encoders" / "vae.safetensors", "wan21", tiny=True)
+        for name, value in fitted_vae.model.state_dict().items():
+            assert torch.equal(trainer.encoders.vae.model.state_dict()[name], value), name
+        checkpoint = trainer.train().checkpoint
+    finally:
+        trainer.close()
+    assert checkpoint.is_relative_to(tmp_path / "run")
+    bundled = WanVAE.from_pretrained(checkpoint / "encoders" / "vae.safetensors", "wan21", tiny=True)
+    assert torch.equal(bundled.model.encoder.conv_in.weight, fitted_vae.model.encoder.conv_in.weight)
