@@ -62,6 +62,7 @@ setup(
             "dreamzero-sim-eval = sim.evaluate:main",
             "dreamzero-replay = dreamzero_policy.replay:main",
             "dreamzero-train = model_core.training.train:main",
+            "dreamzero-fit-vae = model_core.training.fit_vae:main",
         ],
     },
 )

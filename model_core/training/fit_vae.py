@@ -7,8 +7,8 @@ randomly initialised one (`WanVAE.tiny`) loses small objects: on sim reach scene
 position from the 32x64 tiled pixels but not from the random VAE's latents (bench/probe_grounding.py --input).
 This fits the same class (same config, strides and key layout) as an autoencoder on the frames a DiT training config
 would encode: clips of 1 + 4 model frames (both the first-frame and the 4-frame causal path), an L1 reconstruction
-loss, and a penalty that keeps every normalised latent channel near zero mean and unit spread (the statistics the
-DiT's flow matching assumes). `--out` gets `encoders/{vae,text_encoder,image_encoder}.safetensors` in the layout
+loss weighted up on fine detail (small objects are few pixels: `--detail-weight`), and a penalty that keeps every
+normalised latent channel near zero mean and unit spread (the statistics the DiT's flow matching assumes). `--out` gets `encoders/{vae,text_encoder,image_encoder}.safetensors` in the layout
 `model.encoders: checkpoint` reads: the fitted VAE, and the random tiny text and image encoders of the same seed.
 """
 from __future__ import annotations
@@ -74,26 +74,39 @@ def sample_clips(episodes: list[np.ndarray], batch: int, rng: np.random.Generato
     return video.float() / 127.5 - 1.0
 
 
-def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float) -> tuple[torch.Tensor, float]:
-    """L1 reconstruction through the normalised latent + the latent statistics penalty -> (loss, L1)."""
+def detail(video: torch.Tensor) -> torch.Tensor:
+    """|frame - its 5x5 box blur|, mean over RGB: [B, 3, T, H, W] -> [B, 1, T, H, W] (high on edges and small
+    objects, ~0 on flat regions)."""
+    b, c, t, h, w = video.shape
+    frames = video.transpose(1, 2).reshape(b * t, c, h, w)
+    blur = torch.nn.functional.avg_pool2d(frames, 5, stride=1, padding=2, count_include_pad=False)
+    return (frames - blur).abs().mean(1, keepdim=True).reshape(b, t, 1, h, w).transpose(1, 2)
+
+
+def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float,
+                     detail_weight: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Detail-weighted L1 reconstruction through the normalised latent + the latent statistics penalty
+    -> (loss, plain L1)."""
     z = vae._encode_chunks(video, [None] * vae._num_encoder_convs, first=True)  # [B, C, F, h, w], normalised
     mean, inv_std = vae.latent_stats(z.device)
     recon = vae.model.decode(z / inv_std + mean).sample  # [B, 3, T, H, W]
-    l1 = (recon - video).abs().mean()
+    error = (recon - video).abs()
+    weighted = (error * (1.0 + detail_weight * detail(video))).mean()
     channel_mean = z.mean(dim=(0, 2, 3, 4))
     channel_std = z.std(dim=(0, 2, 3, 4))
     stats = (channel_mean.pow(2) + (channel_std - 1.0).pow(2)).mean()
-    return l1 + stats_weight * stats, l1.item()
+    return weighted + stats_weight * stats, error.mean().item()
 
 
 def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: float, stats_weight: float,
-        seed: int) -> dict:
-    """Fit the tiny VAE; write the three tiny encoders under out/encoders; return the losses."""
+        seed: int, detail_weight: float = 0.0, init: str | Path | None = None) -> dict:
+    """Fit the tiny VAE (from `init`, a tiny VAE file, or the random `WanVAE.tiny` of the config's init_seed); write
+    the three tiny encoders under out/encoders; return the losses."""
     train, val = model_frames(cfg, episodes)
     if not train:
         raise DatasetError("the dataset has no training episodes")
     torch.manual_seed(seed)
-    vae = WanVAE.tiny("wan21", seed=cfg.model.init_seed)
+    vae = WanVAE.from_pretrained(init, "wan21", tiny=True) if init else WanVAE.tiny("wan21", seed=cfg.model.init_seed)
     vae.model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
@@ -101,7 +114,7 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
     history = []
     bar = tqdm(range(steps), desc="fitting the VAE", unit="step")
     for step in bar:
-        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng), stats_weight)
+        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng), stats_weight, detail_weight)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.model.parameters(), 1.0)
@@ -110,7 +123,7 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
         history.append(l1)
         bar.set_postfix(l1=f"{np.mean(history[-50:]):.4f}")
     vae.model.eval().requires_grad_(False)
-    result = {"steps": steps, "train_l1": float(np.mean(history[-50:]))}
+    result = {"steps": steps, "init": str(init) if init else None, "train_l1": float(np.mean(history[-50:]))}
     if val:
         with torch.no_grad():
             result["val_l1"] = autoencoder_loss(vae, sample_clips(val, 64, np.random.default_rng(0)), 0.0)[1]
@@ -133,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="clips per step")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--stats-weight", type=float, default=0.1)
+    parser.add_argument("--detail-weight", type=float, default=10.0, help="L1 weight 1 + this x detail(frame)")
+    parser.add_argument("--init", default=None, help="continue from this tiny VAE file (default: random init)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         result = fit(load_config(args.config), Path(args.out), args.episodes, args.steps, args.batch, args.lr,
-                     args.stats_weight, args.seed)
+                     args.stats_weight, args.seed, args.detail_weight, args.init)
     except (TrainConfigError, DatasetError, ModelCoreError) as err:
         print(f"dreamzero-fit-vae: error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from model_core.training.config import load_config, parse_config
-from model_core.training.fit_vae import autoencoder_loss, fit, model_frames, sample_clips
+from model_core.training.fit_vae import autoencoder_loss, detail, fit, model_frames, sample_clips
 from model_core.training.train import Trainer
 from model_core.vae import WanVAE
 from tests.training.lerobot_fixtures import make_episode, train_config, write_v21
@@ -26,7 +26,7 @@ def fitted(dataset, tmp_path_factory):
     clips = sample_clips(frames, 4, np.random.default_rng(1))
     with torch.no_grad():
         before = autoencoder_loss(WanVAE.tiny("wan21", seed=0), clips, 0.0)[1]
-    result = fit(cfg, out, episodes=2, steps=12, batch=2, lr=3e-3, stats_weight=0.1, seed=0)
+    result = fit(cfg, out, episodes=2, steps=12, batch=2, lr=3e-3, stats_weight=0.1, seed=0, detail_weight=10.0)
     return out, clips, before, result
 
 
@@ -39,6 +39,24 @@ def test_fitting_lowers_the_reconstruction_error(fitted):
     assert np.isfinite(result["val_l1"]) and (out / "fit_vae.json").is_file()
     latents = vae.encode(clips)
     assert latents.shape == (4, 16, 2, 8, 16)  # 1 + 4 frames -> 2 latent frames of 64x128 / 8
+
+
+def test_detail_is_high_on_a_small_object_and_zero_on_flat_ground():
+    video = torch.full((1, 3, 1, 16, 16), 0.2)
+    video[:, 0, :, 7:9, 7:9] = 1.0  # a 2x2 red blob
+    d = detail(video)[0, 0, 0]
+    assert d.shape == (16, 16) and d[0, 0] < 1e-6 and d[8, 8] > 0.1
+
+
+def test_fitting_continues_from_an_init_file(fitted, dataset, tmp_path):
+    out, clips, _, _ = fitted
+    cfg = parse_config(train_config(dataset, tmp_path / "unused"))
+    result = fit(cfg, tmp_path / "more", episodes=2, steps=1, batch=1, lr=1e-9, stats_weight=0.1, seed=0,
+                 init=out / "encoders" / "vae.safetensors")
+    first = WanVAE.from_pretrained(out / "encoders" / "vae.safetensors", "wan21", tiny=True)
+    again = WanVAE.from_pretrained(tmp_path / "more" / "encoders" / "vae.safetensors", "wan21", tiny=True)
+    assert result["init"].endswith("vae.safetensors")
+    assert torch.allclose(again.model.encoder.conv_in.weight, first.model.encoder.conv_in.weight, atol=1e-6)
 
 
 def test_a_training_config_uses_and_bundles_the_fitted_encoders(fitted, dataset, tmp_path):
