@@ -7,9 +7,12 @@ randomly initialised one (`WanVAE.tiny`) loses small objects: on sim reach scene
 position from the 32x64 tiled pixels but not from the random VAE's latents (bench/probe_grounding.py --input).
 This fits the same class (same config, strides and key layout) as an autoencoder on the frames a DiT training config
 would encode: clips of 1 + 4 model frames (both the first-frame and the 4-frame causal path), an L1 reconstruction
-loss weighted up on fine detail (small objects are few pixels: `--detail-weight`), and a penalty that keeps every
-normalised latent channel near zero mean and unit spread (the statistics the DiT's flow matching assumes). `--out` gets `encoders/{vae,text_encoder,image_encoder}.safetensors` in the layout
-`model.encoders: checkpoint` reads: the fitted VAE, and the random tiny text and image encoders of the same seed.
+loss weighted up on fine detail and on what differs from the dataset's median frame (small objects are few pixels,
+and with fixed cameras what moves or changes between scenes is what matters: `--detail-weight`,
+`--foreground-weight`), and a penalty that keeps every normalised latent channel near zero mean and unit spread (the
+statistics the DiT's flow matching assumes). `--out` gets `encoders/{vae,text_encoder,image_encoder}.safetensors`
+in the layout `model.encoders: checkpoint` reads: the fitted VAE, and the random tiny text and image encoders of the
+same seed.
 """
 from __future__ import annotations
 
@@ -83,15 +86,26 @@ def detail(video: torch.Tensor) -> torch.Tensor:
     return (frames - blur).abs().mean(1, keepdim=True).reshape(b, t, 1, h, w).transpose(1, 2)
 
 
-def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float,
-                     detail_weight: float = 0.0) -> tuple[torch.Tensor, float]:
-    """Detail-weighted L1 reconstruction through the normalised latent + the latent statistics penalty
-    -> (loss, plain L1)."""
+def median_frame(episodes: list[np.ndarray], samples: int = 2000, seed: int = 0) -> torch.Tensor:
+    """The per-pixel median of `samples` random frames -> [3, H, W] in [-1, 1] (the static background)."""
+    rng = np.random.default_rng(seed)
+    picks = [episodes[e][rng.integers(len(episodes[e]))] for e in rng.integers(0, len(episodes), samples)]
+    return torch.from_numpy(np.median(np.stack(picks), axis=0)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float, detail_weight: float = 0.0,
+                     foreground_weight: float = 0.0, background: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, float]:
+    """Weighted L1 reconstruction through the normalised latent + the latent statistics penalty -> (loss, plain L1).
+    Per-pixel weight: 1 + detail_weight x detail(video) + foreground_weight x |video - background| (RGB mean)."""
     z = vae._encode_chunks(video, [None] * vae._num_encoder_convs, first=True)  # [B, C, F, h, w], normalised
     mean, inv_std = vae.latent_stats(z.device)
     recon = vae.model.decode(z / inv_std + mean).sample  # [B, 3, T, H, W]
     error = (recon - video).abs()
-    weighted = (error * (1.0 + detail_weight * detail(video))).mean()
+    weight = 1.0 + detail_weight * detail(video)
+    if foreground_weight and background is not None:
+        weight = weight + foreground_weight * (video - background[:, None]).abs().mean(1, keepdim=True)
+    weighted = (error * weight).mean()
     channel_mean = z.mean(dim=(0, 2, 3, 4))
     channel_std = z.std(dim=(0, 2, 3, 4))
     stats = (channel_mean.pow(2) + (channel_std - 1.0).pow(2)).mean()
@@ -99,7 +113,7 @@ def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float,
 
 
 def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: float, stats_weight: float,
-        seed: int, detail_weight: float = 0.0, init: str | Path | None = None) -> dict:
+        seed: int, detail_weight: float = 0.0, init: str | Path | None = None, foreground_weight: float = 0.0) -> dict:
     """Fit the tiny VAE (from `init`, a tiny VAE file, or the random `WanVAE.tiny` of the config's init_seed); write
     the three tiny encoders under out/encoders; return the losses."""
     train, val = model_frames(cfg, episodes)
@@ -111,10 +125,12 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
     optimizer = torch.optim.AdamW(vae.model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     rng = np.random.default_rng(seed)
+    background = median_frame(train, seed=seed) if foreground_weight else None
     history = []
     bar = tqdm(range(steps), desc="fitting the VAE", unit="step")
     for step in bar:
-        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng), stats_weight, detail_weight)
+        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng), stats_weight, detail_weight,
+                                    foreground_weight, background)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.model.parameters(), 1.0)
@@ -147,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--stats-weight", type=float, default=0.1)
     parser.add_argument("--detail-weight", type=float, default=10.0, help="L1 weight 1 + this x detail(frame)")
+    parser.add_argument("--foreground-weight", type=float, default=0.0,
+                        help="L1 weight + this x |frame - the dataset's median frame|")
     parser.add_argument("--init", default=None, help="continue from this tiny VAE file (default: random init)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         result = fit(load_config(args.config), Path(args.out), args.episodes, args.steps, args.batch, args.lr,
-                     args.stats_weight, args.seed, args.detail_weight, args.init)
+                     args.stats_weight, args.seed, args.detail_weight, args.init, args.foreground_weight)
     except (TrainConfigError, DatasetError, ModelCoreError) as err:
         print(f"dreamzero-fit-vae: error: {err}", file=sys.stderr)
         return 2

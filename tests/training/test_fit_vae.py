@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from model_core.training.config import load_config, parse_config
-from model_core.training.fit_vae import autoencoder_loss, detail, fit, model_frames, sample_clips
+from model_core.training.fit_vae import autoencoder_loss, detail, fit, median_frame, model_frames, sample_clips
 from model_core.training.train import Trainer
 from model_core.vae import WanVAE
 from tests.training.lerobot_fixtures import make_episode, train_config, write_v21
@@ -46,6 +46,26 @@ def test_detail_is_high_on_a_small_object_and_zero_on_flat_ground():
     video[:, 0, :, 7:9, 7:9] = 1.0  # a 2x2 red blob
     d = detail(video)[0, 0, 0]
     assert d.shape == (16, 16) and d[0, 0] < 1e-6 and d[8, 8] > 0.1
+
+
+def test_the_foreground_weight_counts_what_differs_from_the_median_frame():
+    still = np.zeros((10, 8, 8, 3), np.uint8)
+    episodes = [still.copy() for _ in range(3)]
+    episodes[0][4, 2:4, 2:4] = 255  # one frame of one episode has an object
+    background = median_frame(episodes, samples=50)
+    assert background.shape == (3, 8, 8) and torch.all(background == -1.0)
+    vae = WanVAE.tiny("wan21", seed=0)
+    video = torch.full((1, 3, 5, 64, 128), -1.0)
+    video[:, :, :, 10:14, 20:24] = 1.0
+    with torch.no_grad():
+        plain = autoencoder_loss(vae, video, 0.0)[0]
+        weighted = autoencoder_loss(vae, video, 0.0, foreground_weight=50.0,
+                                    background=torch.full((3, 64, 128), -1.0))[0]
+        ignored = autoencoder_loss(vae, video, 0.0, foreground_weight=50.0)[0]  # no background: no weight
+        empty = torch.full_like(video, -1.0)  # nothing differs from the background: no weight
+        same = autoencoder_loss(vae, empty, 0.0, foreground_weight=50.0, background=torch.full((3, 64, 128), -1.0))[0]
+    assert weighted > plain and torch.equal(ignored, plain)
+    assert torch.equal(same, autoencoder_loss(vae, empty, 0.0)[0])
 
 
 def test_fitting_continues_from_an_init_file(fitted, dataset, tmp_path):
