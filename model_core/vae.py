@@ -299,12 +299,20 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 1 + 4k, H, W] in [-1, 1] -> normalised latents [B, C, 1 + k, H/s, W/s] (float32)."""
+        return self.encode_differentiable(video)
+
+    def encode_differentiable(self, video: torch.Tensor) -> torch.Tensor:
+        """`encode` with autograd (fitting the VAE itself: model_core.training.fit_vae)."""
         self._check_video(video, first=True)
         return self._encode_chunks(video, [None] * self._num_encoder_convs, first=True)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, C, F, h, w] -> video [B, 3, 1 + 4(F-1), h*s, w*s] in [-1, 1] (float32)."""
+        return self.decode_differentiable(latents)
+
+    def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
+        """`decode` with autograd (fitting the VAE itself: model_core.training.fit_vae)."""
         if latents.ndim != 5 or latents.shape[1] != self.z_dim:
             raise InputError(f"latents must be [B, {self.z_dim}, F, h, w], got shape {list(latents.shape)}")
         mean, inv_std = self.latent_stats(latents.device)

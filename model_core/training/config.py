@@ -243,17 +243,20 @@ def _resolve_paths(data: dict, base: Path) -> dict:
             continue
         if path == ("embodiment",) and not value.endswith((".yaml", ".yml")):
             continue
-        p = Path(value).expanduser()
-        node[path[-1]] = str(p if p.is_absolute() else (base / p).resolve())
+        node[path[-1]] = _against(base, value)
     model = data.get("model")
     if isinstance(model, dict) and not model.get("init_from"):  # with init_from they are relative to the checkpoint
         encoders = (model.get("encoder_overrides") or {}).get("encoders")
         for spec in (encoders.values() if isinstance(encoders, dict) else ()):
             for key in ("path", "tokenizer"):
                 if isinstance(spec, dict) and isinstance(spec.get(key), str):
-                    p = Path(spec[key]).expanduser()
-                    spec[key] = str(p if p.is_absolute() else (base / p).resolve())
+                    spec[key] = _against(base, spec[key])
     return data
+
+
+def _against(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
 
 
 def parse_config(data: Any, source: str = "train config", base_dir: str | Path | None = None) -> TrainConfig:

@@ -40,16 +40,15 @@ log = logging.getLogger("dreamzero.fit_vae")
 CLIP_FRAMES = 5  # 1 + 4: one first-frame latent and one 4-frame latent
 
 
-def model_frames(cfg: TrainConfig, episodes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def model_frames(cfg: TrainConfig, episodes: int, temporal_stride: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The model frames (tiled views at the video rate) of the first `episodes` training episodes and of the
     validation episodes: lists of [N, H, W, 3] uint8."""
     from model_core.training.train import _load_embodiment
 
     dit_cfg = preset(cfg.model.preset)
     video_hw = tuple(cfg.model.video_hw or TINY_VIDEO_HW)
-    probe = WanVAE.tiny("wan21", seed=cfg.model.init_seed)
     geometry = SampleGeometry(cfg.dataset.num_chunks, dit_cfg.num_action_per_block,
-                              dit_cfg.num_frame_per_block * probe.temporal_stride)
+                              dit_cfg.num_frame_per_block * temporal_stride)
     data = DreamZeroData(cfg.dataset, _load_embodiment(cfg.embodiment), geometry, video_hw, cfg.model.view_hw,
                          dit_cfg.action_dim, dit_cfg.max_state_dim)
     train_ids = sorted({ref.episode for ref in data.train_samples})[:episodes]
@@ -98,9 +97,8 @@ def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float, deta
                      ) -> tuple[torch.Tensor, float]:
     """Weighted L1 reconstruction through the normalised latent + the latent statistics penalty -> (loss, plain L1).
     Per-pixel weight: 1 + detail_weight x detail(video) + foreground_weight x |video - background| (RGB mean)."""
-    z = vae._encode_chunks(video, [None] * vae._num_encoder_convs, first=True)  # [B, C, F, h, w], normalised
-    mean, inv_std = vae.latent_stats(z.device)
-    recon = vae.model.decode(z / inv_std + mean).sample  # [B, 3, T, H, W]
+    z = vae.encode_differentiable(video)  # [B, C, F, h, w], normalised
+    recon = vae.decode_differentiable(z)  # [B, 3, T, H, W]
     error = (recon - video).abs()
     weight = 1.0 + detail_weight * detail(video)
     if foreground_weight and background is not None:
@@ -116,11 +114,11 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
         seed: int, detail_weight: float = 0.0, init: str | Path | None = None, foreground_weight: float = 0.0) -> dict:
     """Fit the tiny VAE (from `init`, a tiny VAE file, or the random `WanVAE.tiny` of the config's init_seed); write
     the three tiny encoders under out/encoders; return the losses."""
-    train, val = model_frames(cfg, episodes)
+    vae = WanVAE.from_pretrained(init, "wan21", tiny=True) if init else WanVAE.tiny("wan21", seed=cfg.model.init_seed)
+    train, val = model_frames(cfg, episodes, vae.temporal_stride)
     if not train:
         raise DatasetError("the dataset has no training episodes")
     torch.manual_seed(seed)
-    vae = WanVAE.from_pretrained(init, "wan21", tiny=True) if init else WanVAE.tiny("wan21", seed=cfg.model.init_seed)
     vae.model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
