@@ -14,7 +14,9 @@ v3.0 (many episodes per file):
 EpisodeRecord), `features`, `fps`, `read_table(episode)` (that episode's rows, in frame order), `column(...)`
 (a numeric feature as float64 [N, k]) and `read_video(episode, key)` (uint8 RGB [N, H, W, 3]). Every problem is one
 DatasetError naming the dataset, the episode and the field. Videos may be any codec PyAV's FFmpeg decodes (AV1
-through libdav1d); `image` features (PNG/JPEG bytes in the parquet) decode with OpenCV.
+through libdav1d); where PyAV is not installed (it is the `train` extra), OpenCV's own FFmpeg decodes them instead
+(same frames for H.264; fewer codecs, and a truncated file may end early instead of failing). `image` features
+(PNG/JPEG bytes in the parquet) decode with OpenCV.
 """
 from __future__ import annotations
 
@@ -221,8 +223,10 @@ def _decode(path: str) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=2)
 def _decode_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """`_decode`, keeping the last 2 files (v3 files hold many episodes); the key includes mtime and size."""
-    import av
-
+    try:
+        import av
+    except ImportError:
+        return _decode_opencv(path)
     frames, times = [], []
     try:
         with av.open(path) as container:
@@ -233,6 +237,28 @@ def _decode_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.
                 times.append(float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate))
     except (OSError, av.FFmpegError, IndexError) as err:
         raise DatasetError(f"cannot decode video {path}: {err}") from err
+    if not frames:
+        raise DatasetError(f"video {path} holds no frames")
+    return np.stack(frames), np.asarray(times)
+
+
+def _decode_opencv(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """`_decode` through OpenCV's FFmpeg backend (for machines without PyAV)."""
+    import cv2
+
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    frames, times = [], []
+    try:
+        if not capture.isOpened():
+            raise DatasetError(f"cannot decode video {path}: OpenCV's FFmpeg backend cannot open it")
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            times.append(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
     if not frames:
         raise DatasetError(f"video {path} holds no frames")
     return np.stack(frames), np.asarray(times)

@@ -1,5 +1,6 @@
 """LeRobot v2.1 / v3.0 readers, DreamZero sample construction, statistics, and one clear error per bad input."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,21 @@ def test_fixture_reads_back(fmt, request, episodes):
             frames = reader.read_video(i, f"observation.images.{cam}")
             assert frames.shape == ep.images[cam].shape and frames.dtype == np.uint8
             assert np.abs(frames.astype(int) - ep.images[cam]).mean() < 3.0  # lossy codec, flat colours
+
+
+@pytest.mark.parametrize("fmt", ["v21", "v30"])
+def test_opencv_decodes_the_same_frames_where_pyav_is_missing(fmt, request, monkeypatch):
+    from model_core.training import lerobot
+
+    reader = open_dataset(request.getfixturevalue(fmt))
+    key = f"observation.images.{CAMERAS[0]}"
+    lerobot._decode_cached.cache_clear()
+    with_pyav = [reader.read_video(i, key) for i in range(3)]
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    lerobot._decode_cached.cache_clear()
+    for i, frames in enumerate(with_pyav):  # v3.0: the episodes' time ranges cut the same frames out of one file
+        np.testing.assert_array_equal(reader.read_video(i, key), frames)
+    lerobot._decode_cached.cache_clear()
 
 
 def test_both_formats_give_the_same_samples(v21, v30):
