@@ -1,18 +1,19 @@
 """Fit the tiny Wan VAE to a dataset's frames, so that the tiny preset's latents show what the camera sees.
 
-    python -m model_core.training.fit_vae --config config/train/tiny_reach_bundled.yaml --out runs/tiny_encoders
+    python -m model_core.training.fit_vae --config config/train/tiny_reach_bundled.yaml --out runs/tiny_encoders \
+        [--root OTHER_LEROBOT_DATASET] [--init EARLIER_FIT/encoders/vae.safetensors]
 
 DreamZero's VAE is Wan's, pretrained on web video and frozen. The tiny preset has no pretrained VAE to download, and a
-randomly initialised one (`WanVAE.tiny`) loses small objects: on sim reach scenes a CNN probe reads the target's
-position from the 32x64 tiled pixels but not from the random VAE's latents (bench/probe_grounding.py --input).
+randomly initialised one (`WanVAE.tiny`) loses small objects: its latents barely change from one sim reach scene to
+the next, and a CNN probe reads the target's position from the pixels but not from them (bench/probe_grounding.py).
 This fits the same class (same config, strides and key layout) as an autoencoder on the frames a DiT training config
 would encode: clips of 1 + 4 model frames (both the first-frame and the 4-frame causal path), an L1 reconstruction
 loss weighted up on fine detail and on what differs from the dataset's median frame (small objects are few pixels,
-and with fixed cameras what moves or changes between scenes is what matters: `--detail-weight`,
-`--foreground-weight`), and a penalty that keeps every normalised latent channel near zero mean and unit spread (the
-statistics the DiT's flow matching assumes). `--out` gets `encoders/{vae,text_encoder,image_encoder}.safetensors`
-in the layout `model.encoders: checkpoint` reads: the fitted VAE, and the random tiny text and image encoders of the
-same seed.
+and what changes between scenes is what matters: `--detail-weight`, `--foreground-weight`; plain L1 fits the floor
+first and the cubes' colours last), and a penalty that keeps every normalised latent channel near zero mean and
+unit spread (the statistics the DiT's flow matching assumes). `--out` gets
+`encoders/{vae,text_encoder,image_encoder}.safetensors` in the layout `model.encoders: checkpoint` reads: the fitted
+VAE, and the random tiny text and image encoders of the same seed.
 """
 from __future__ import annotations
 
@@ -111,10 +112,12 @@ def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float, deta
 
 
 def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: float, stats_weight: float,
-        seed: int, detail_weight: float = 0.0, init: str | Path | None = None, foreground_weight: float = 0.0) -> dict:
-    """Fit the tiny VAE (from `init`, a tiny VAE file, or the random `WanVAE.tiny` of the config's init_seed); write
-    the three tiny encoders under out/encoders; return the losses."""
+        seed: int, detail_weight: float = 0.0, init: str | Path | None = None, foreground_weight: float = 0.0,
+        device: str = "cpu") -> dict:
+    """Fit the tiny VAE (from `init`, a tiny VAE file, or the random `WanVAE.tiny` of the config's init_seed) on
+    `device` (fp32); write the three tiny encoders under out/encoders; return the losses."""
     vae = WanVAE.from_pretrained(init, "wan21", tiny=True) if init else WanVAE.tiny("wan21", seed=cfg.model.init_seed)
+    vae = vae.to(device)
     train, val = model_frames(cfg, episodes, vae.temporal_stride)
     if not train:
         raise DatasetError("the dataset has no training episodes")
@@ -123,11 +126,11 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
     optimizer = torch.optim.AdamW(vae.model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     rng = np.random.default_rng(seed)
-    background = median_frame(train, seed=seed) if foreground_weight else None
+    background = median_frame(train, seed=seed).to(device) if foreground_weight else None
     history = []
     bar = tqdm(range(steps), desc="fitting the VAE", unit="step")
     for step in bar:
-        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng), stats_weight, detail_weight,
+        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng).to(device), stats_weight, detail_weight,
                                     foreground_weight, background)
         optimizer.zero_grad()
         loss.backward()
@@ -140,12 +143,13 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
     result = {"steps": steps, "init": str(init) if init else None, "train_l1": float(np.mean(history[-50:]))}
     if val:
         with torch.no_grad():
-            result["val_l1"] = autoencoder_loss(vae, sample_clips(val, 64, np.random.default_rng(0)), 0.0)[1]
+            clips = sample_clips(val, 64, np.random.default_rng(0)).to(device)
+            result["val_l1"] = np.mean([autoencoder_loss(vae, part, 0.0)[1] for part in clips.split(16)])
     (out / "encoders").mkdir(parents=True, exist_ok=True)
     seed_ = cfg.model.init_seed  # the text and image encoders tiny_components would build with this seed
     for name, encoder in (("vae", vae), ("text_encoder", PromptEncoder.tiny(seed=seed_)),
                           ("image_encoder", ImageEncoder.tiny(seed=seed_))):
-        save_file({k: v.contiguous() for k, v in encoder.original_state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in encoder.original_state_dict().items()},
                   str(out / "encoders" / f"{name}.safetensors"))
     (out / "fit_vae.json").write_text(json.dumps(result, indent=1))
     return result
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dreamzero-fit-vae", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the DiT training YAML whose dataset and frames to fit")
     parser.add_argument("--out", required=True, help="output folder (gets encoders/*.safetensors, fit_vae.json)")
+    parser.add_argument("--root", default=None, help="take the frames from this LeRobot dataset instead of the "
+                        "config's (e.g. other seeds of the same sim task, recorded alongside)")
     parser.add_argument("--episodes", type=int, default=300, help="training episodes to take frames from")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=4, help="clips per step")
@@ -165,11 +171,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="L1 weight + this x |frame - the dataset's median frame|")
     parser.add_argument("--init", default=None, help="continue from this tiny VAE file (default: random init)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device to fit on, e.g. cuda")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        result = fit(load_config(args.config), Path(args.out), args.episodes, args.steps, args.batch, args.lr,
-                     args.stats_weight, args.seed, args.detail_weight, args.init, args.foreground_weight)
+        cfg = load_config(args.config)
+        if args.root:
+            dataset = {"root": args.root, "episodes": None, "val_episodes": [], "val_fraction": 0.05}
+            cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update=dataset)})
+        result = fit(cfg, Path(args.out), args.episodes, args.steps, args.batch, args.lr,
+                     args.stats_weight, args.seed, args.detail_weight, args.init, args.foreground_weight,
+                     args.device)
     except (TrainConfigError, DatasetError, ModelCoreError) as err:
         print(f"dreamzero-fit-vae: error: {err}", file=sys.stderr)
         return 2

@@ -101,3 +101,18 @@ def test_a_training_config_uses_and_bundles_the_fitted_encoders(fitted, dataset,
     assert checkpoint.is_relative_to(tmp_path / "run")
     bundled = WanVAE.from_pretrained(checkpoint / "encoders" / "vae.safetensors", "wan21", tiny=True)
     assert torch.equal(bundled.model.encoder.conv_in.weight, fitted_vae.model.encoder.conv_in.weight)
+
+
+def test_root_takes_the_frames_from_another_dataset(dataset, tmp_path, capsys):
+    from model_core.training.fit_vae import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(train_config(tmp_path / "not_recorded_yet", tmp_path / "run")))
+    args = ["--config", str(config), "--out", str(tmp_path / "enc"), "--episodes", "2", "--steps", "1",
+            "--batch", "1"]
+    assert main(args) == 2  # the config's own dataset does not exist
+    assert "not_recorded_yet" in capsys.readouterr().err
+    assert main(args + ["--root", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(args + ["--root", str(dataset)]) == 0
+    assert (tmp_path / "enc" / "encoders" / "vae.safetensors").is_file()
