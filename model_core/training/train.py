@@ -550,7 +550,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Action MAE of sampled chunks on held-out episodes (every rank runs val_batches batches; summed), and
         `action_mae_from_rest`: the first chunk of held-out samples that start at an episode's first step, where
-        only the images and the instruction say where to go (the state does once the robot moves)."""
+        only the images and the instruction say where to go (the state does once the robot moves), and
+        `action_mae_from_rest_chunk{k}` for their later chunks (the decision comes there when demonstrations first
+        move to a fixed pose, as the sim's reach expert looks from a lookout)."""
         cfg, env = self.cfg, self.env
         n, bs = len(self.val_set), cfg.optim.batch_size
         flash = None
@@ -586,8 +588,9 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 pred = forward.rollout(batch, cfg.schedule.val_sampling_steps, step_seed(cfg.run.seed + 2, 0), flash)
             T = self.dit.cfg.num_action_per_block
-            error = (pred.float()[:, :T, :real] - batch["actions"].float()[:, :T, :real]).abs().mean()
-            from_rest["action_mae_from_rest"] = error.item()
+            error = (pred.float()[..., :real] - batch["actions"].float()[..., :real]).abs()  # [B, nb*T, A]
+            for k, chunk in enumerate(error.split(T, dim=1)):
+                from_rest["action_mae_from_rest" + (f"_chunk{k + 1}" if k else "")] = chunk.mean().item()
         self.dit.train(was_training)
         total = _all_sum(sums.tolist(), env, self.device)
         batches = cfg.schedule.val_batches * env.world

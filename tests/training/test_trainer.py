@@ -86,7 +86,10 @@ def test_action_mae_from_rest_is_the_first_chunk_of_episode_starts(trained):
     pred = rollout_actions(trainer.dit.eval(), batch, steps, trainer.cfg.objective.shift, seed)
     T, real = trainer.dit.cfg.num_action_per_block, trainer.data.normalizer.action.size
     expected = (pred[:, :T, :real] - batch["actions"][:, :T, :real]).abs().mean().item()
-    assert trainer.validate()["action_mae_from_rest"] == pytest.approx(expected, rel=1e-5)
+    second = (pred[:, T:2 * T, :real] - batch["actions"][:, T:2 * T, :real]).abs().mean().item()
+    metrics = trainer.validate()
+    assert metrics["action_mae_from_rest"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["action_mae_from_rest_chunk2"] == pytest.approx(second, rel=1e-5) and second != expected
 
 
 def test_checkpoint_reloads_bit_exactly_and_runs_in_the_engine(trained):
