@@ -155,6 +155,10 @@ class FrankaSimEnv:
     def success(self) -> bool:
         return self.task.success(self.client, self.tcp_position())
 
+    def goal_distance(self) -> float:
+        """The task's distance from success now (m; see Task.goal_distance)."""
+        return self.task.goal_distance(self.client, self.tcp_position())
+
     def task_info(self) -> dict:
         """JSON-ready: task, seed, instruction, object poses, success now, rejected trajectories."""
         return {**self.task.info(self.client), "seed": self.seed, "success": self.success(),

@@ -68,7 +68,7 @@ def evaluate(task: str, seeds: Sequence[int], policy_for: Callable[[FrankaSimEnv
                                   frame_every=frame_every, on_frame=on_frame if with_video else None)
             latencies += episode.act_latency_s
             row = {"episode": index, "seed": seed, "instruction": episode.instruction, "success": episode.success,
-                   "control_steps": episode.control_steps, "chunks": len(episode.act_latency_s),
+                   "final_goal_distance_m": round(env.goal_distance(), 4), "control_steps": episode.control_steps, "chunks": len(episode.act_latency_s),
                    "rejected_chunks": len(episode.rejected)}
             if episode.rejected:
                 row["first_rejection"] = episode.rejected[0]
@@ -86,6 +86,7 @@ def evaluate(task: str, seeds: Sequence[int], policy_for: Callable[[FrankaSimEnv
         "success_rate": successes / len(rows) if rows else 0.0, "wilson95": [low, high],
         "mean_chunk_latency_ms": 1e3 * float(np.mean(latencies)) if latencies else 0.0,
         "mean_control_steps": float(np.mean([r["control_steps"] for r in rows])) if rows else 0.0,
+        "median_final_goal_distance_m": float(np.median([r["final_goal_distance_m"] for r in rows])) if rows else 0.0,
         "rejected_chunks": sum(r["rejected_chunks"] for r in rows), "per_episode": rows,
     }
     if out is not None:

@@ -56,6 +56,10 @@ class Task:
         """Whether the task is solved now; `tcp` [3] is the grasp point between the fingertips (world)."""
         raise NotImplementedError
 
+    def goal_distance(self, client, tcp: np.ndarray) -> float:
+        """How far (m) the scene is from success now: a progress measure for policies that do not succeed yet."""
+        raise NotImplementedError
+
     def pose(self, client, name: str) -> tuple[np.ndarray, float]:
         """(position [3], yaw) of object `name`."""
         position, quaternion = client.getBasePositionAndOrientation(self.bodies[name])
@@ -118,7 +122,11 @@ class ReachTask(Task):
             self._add_cube(client, "target" if i == 0 else f"distractor_{i}", colour, self.xy[i], self.yaw[i], 0.0)
 
     def success(self, client, tcp: np.ndarray) -> bool:
-        return bool(np.linalg.norm(tcp - self.pose(client, "target")[0]) < self.SUCCESS_RADIUS)
+        return self.goal_distance(client, tcp) < self.SUCCESS_RADIUS
+
+    def goal_distance(self, client, tcp: np.ndarray) -> float:
+        """The grasp point's distance to the target cube's centre."""
+        return float(np.linalg.norm(tcp - self.pose(client, "target")[0]))
 
 
 class PushTask(Task):
@@ -155,6 +163,10 @@ class PushTask(Task):
         offset = self.pose(client, "cube")[0][:2] - self.goal_xy
         return bool(np.all(np.abs(offset) < self.GOAL_HALF))
 
+    def goal_distance(self, client, tcp: np.ndarray) -> float:
+        """The cube's (x, y) distance to the goal square's centre."""
+        return float(np.linalg.norm(self.pose(client, "cube")[0][:2] - self.goal_xy))
+
 
 class PickTask(Task):
     """Pick up the cube of the named colour (one distractor)."""
@@ -177,6 +189,11 @@ class PickTask(Task):
 
     def success(self, client, tcp: np.ndarray) -> bool:
         return bool(self.pose(client, "target")[0][2] > CUBE_SIZE / 2 + self.LIFT_M)
+
+    def goal_distance(self, client, tcp: np.ndarray) -> float:
+        """The grasp point's distance to the target cube plus the height the cube still has to rise."""
+        position = self.pose(client, "target")[0]
+        return float(np.linalg.norm(tcp - position) + max(0.0, CUBE_SIZE / 2 + self.LIFT_M - position[2]))
 
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ReachTask, PushTask, PickTask)}

@@ -8,6 +8,7 @@ from sim import robot
 from sim.env import FrankaSimEnv, SimObservation
 from sim.evaluate import evaluate, expert_policies, load_replays, main, wilson_interval
 from sim.rollout import ReplayPolicy, run_episode
+from sim.tasks import ReachTask
 from sim.video import read_mp4
 
 
@@ -26,6 +27,7 @@ def test_expert_evaluation_summary_video_and_determinism(tmp_path):
     assert first["episodes"] == 3 and first["successes"] == 3 and first["success_rate"] == 1.0
     assert first["wilson95"] == pytest.approx(list(wilson_interval(3, 3)))
     assert first["mean_chunk_latency_ms"] > 0 and first["rejected_chunks"] == 0
+    assert all(row["final_goal_distance_m"] < ReachTask.SUCCESS_RADIUS for row in first["per_episode"])
     assert json.loads((tmp_path / "summary.json").read_text()) == first
     video = read_mp4(first["per_episode"][0]["video"])
     steps = first["per_episode"][0]["control_steps"]
@@ -62,6 +64,7 @@ def test_failing_policy_runs_to_the_horizon_and_gets_frames_at_5fps():
     assert all(f.images["wrist"].shape == (18, 32, 3) for f in policy.frames)
     summary = evaluate("reach", [0, 1], lambda env, index: Frozen())
     assert summary["successes"] == 0 and summary["wilson95"][0] == 0.0
+    assert summary["median_final_goal_distance_m"] > 0.2  # home is 30+ cm above the table
 
 
 class Broken:
