@@ -77,6 +77,16 @@ def sample_clips(episodes: list[np.ndarray], batch: int, rng: np.random.Generato
     return video.float() / 127.5 - 1.0
 
 
+def random_crop(video: torch.Tensor, background: torch.Tensor | None, size: tuple[int, int],
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One random window of `size` (h, w) out of every clip of a batch [B, 3, T, H, W] and out of the background
+    [3, H, W] (the VAE is convolutional: windows cost less than whole frames and fit the same weights)."""
+    h, w = size
+    top, left = int(rng.integers(0, video.shape[-2] - h + 1)), int(rng.integers(0, video.shape[-1] - w + 1))
+    window = (..., slice(top, top + h), slice(left, left + w))
+    return video[window], None if background is None else background[window]
+
+
 def detail(video: torch.Tensor) -> torch.Tensor:
     """|frame - its 5x5 box blur|, mean over RGB: [B, 3, T, H, W] -> [B, 1, T, H, W] (high on edges and small
     objects, ~0 on flat regions)."""
@@ -113,12 +123,18 @@ def autoencoder_loss(vae: WanVAE, video: torch.Tensor, stats_weight: float, deta
 
 def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: float, stats_weight: float,
         seed: int, detail_weight: float = 0.0, init: str | Path | None = None, foreground_weight: float = 0.0,
-        device: str = "cpu") -> dict:
+        device: str = "cpu", crop: tuple[int, int] | None = None) -> dict:
     """Fit the tiny VAE (from `init`, a tiny VAE file, or the random `WanVAE.tiny` of the config's init_seed) on
-    `device` (fp32); write the three tiny encoders under out/encoders; return the losses."""
+    `device` (fp32), on `crop`-sized windows of the frames if given; write the three tiny encoders under
+    out/encoders; return the losses."""
     vae = WanVAE.from_pretrained(init, "wan21", tiny=True) if init else WanVAE.tiny("wan21", seed=cfg.model.init_seed)
     vae = vae.to(device)
     train, val = model_frames(cfg, episodes, vae.temporal_stride)
+    if crop is not None:
+        frame_hw, stride = train[0].shape[-3:-1], vae.spatial_stride
+        if any(c <= 0 or c > f or c % stride for c, f in zip(crop, frame_hw)):
+            raise TrainConfigError(f"--crop {crop[0]} {crop[1]}: needs positive multiples of the VAE's {stride}x "
+                                   f"stride no larger than the {frame_hw[0]}x{frame_hw[1]} frames")
     if not train:
         raise DatasetError("the dataset has no training episodes")
     torch.manual_seed(seed)
@@ -130,8 +146,10 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
     history = []
     bar = tqdm(range(steps), desc="fitting the VAE", unit="step")
     for step in bar:
-        loss, l1 = autoencoder_loss(vae, sample_clips(train, batch, rng).to(device), stats_weight, detail_weight,
-                                    foreground_weight, background)
+        video, window_background = sample_clips(train, batch, rng).to(device), background
+        if crop:
+            video, window_background = random_crop(video, background, crop, rng)
+        loss, l1 = autoencoder_loss(vae, video, stats_weight, detail_weight, foreground_weight, window_background)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.model.parameters(), 1.0)
@@ -172,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", default=None, help="continue from this tiny VAE file (default: random init)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device to fit on, e.g. cuda")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="fit on random H x W windows of the frames (multiples of the VAE's 8x stride)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
@@ -181,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update=dataset)})
         result = fit(cfg, Path(args.out), args.episodes, args.steps, args.batch, args.lr,
                      args.stats_weight, args.seed, args.detail_weight, args.init, args.foreground_weight,
-                     args.device)
+                     args.device, tuple(args.crop) if args.crop else None)
     except (TrainConfigError, DatasetError, ModelCoreError) as err:
         print(f"dreamzero-fit-vae: error: {err}", file=sys.stderr)
         return 2

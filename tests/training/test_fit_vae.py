@@ -116,3 +116,22 @@ def test_root_takes_the_frames_from_another_dataset(dataset, tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert main(args + ["--root", str(dataset)]) == 0
     assert (tmp_path / "enc" / "encoders" / "vae.safetensors").is_file()
+
+
+def test_crop_fits_on_windows_and_rejects_windows_the_vae_cannot_take(dataset, tmp_path):
+    from model_core.training.errors import TrainConfigError
+    from model_core.training.fit_vae import random_crop
+
+    video, background = torch.rand(2, 3, 5, 64, 128), torch.rand(3, 64, 128)
+    window, window_background = random_crop(video, background, (32, 64), np.random.default_rng(0))
+    assert window.shape == (2, 3, 5, 32, 64) and window_background.shape == (3, 32, 64)
+    top, left = [(i, j) for i in range(33) for j in range(65)
+                 if torch.equal(background[:, i:i + 32, j:j + 64], window_background)][0]
+    assert torch.equal(video[..., top:top + 32, left:left + 64], window)  # the same window of clips and background
+    cfg = parse_config(train_config(dataset, tmp_path / "unused", dataset={"val_episodes": [2]}))
+    result = fit(cfg, tmp_path / "enc", episodes=2, steps=2, batch=1, lr=1e-3, stats_weight=0.1, seed=0,
+                 foreground_weight=5.0, crop=(32, 64))
+    assert np.isfinite(result["val_l1"])  # validation still reconstructs whole frames
+    for crop in ((30, 64), (72, 64), (0, 64)):
+        with pytest.raises(TrainConfigError, match=r"--crop .*8x stride.*64x128"):
+            fit(cfg, tmp_path / "bad", episodes=2, steps=1, batch=1, lr=1e-3, stats_weight=0.1, seed=0, crop=crop)
