@@ -135,13 +135,47 @@ class ScriptedExpert:
 
 
 class ReachExpert(ScriptedExpert):
-    """Above the target cube, then down to 3 cm above its centre; open gripper."""
+    """Look, approach, descend: one chunk each, replanned from the measured pose at every chunk boundary.
+
+    1. to a lookout above the workspace (the same chunk in every scene; hand yaw 0, the wrist image's long side along
+       the workspace's): from there the wrist camera sees every cube at ~6x7 pixels of a 64x128 model frame,
+       against 1-2 pixels in the home pose's views;
+    2. to 10 cm above the target cube, aimed `miss_m` metres off at most (uniform in a disc; 0: on target);
+    3. from wherever chunk 2 ended, down to 3 cm above the target's centre, then hold.
+    With `miss_m` > 0 the demonstrations show recoveries: chunk 3 starts off target, with the cube large in the
+    wrist view, and corrects. The miss is a function of the scene's seed and target, so episodes stay reproducible.
+    """
+
+    LOOKOUT = np.array([0.47, 0.0, 0.26])  # m, TCP
+    APPROACH_Z, REACH_Z = 0.10, 0.03  # m above the target's centre
+    replan_every_chunk = True
+
+    def __init__(self, env: FrankaSimEnv, miss_m: float = 0.0):
+        super().__init__(env)
+        if miss_m < 0:
+            raise ValueError(f"miss_m must be >= 0, got {miss_m}")
+        self.miss_m = miss_m
+        self._chunk = 0
+
+    def reset(self, instruction: str) -> None:
+        super().reset(instruction)
+        self._chunk = 0
 
     def plan(self, tcp: np.ndarray) -> list[Segment]:
         target, yaw = self.env.task.pose(self.env.client, "target")
         hand_yaw = grasp_yaw(yaw)
-        return [Segment(target + [0.0, 0.0, 0.10], hand_yaw, 0.0, 20),
-                Segment(target + [0.0, 0.0, 0.03], hand_yaw, 0.0, 10)]
+        phase, self._chunk = self._chunk, self._chunk + 1
+        if phase == 0:
+            return [Segment(self.LOOKOUT, 0.0, 0.0, CHUNK_LEN)]
+        if phase == 1:
+            return [Segment(target + np.append(self._miss(), self.APPROACH_Z), hand_yaw, 0.0, CHUNK_LEN)]
+        return [Segment(target + [0.0, 0.0, self.REACH_Z], hand_yaw, 0.0, CHUNK_LEN * 2 // 3)]
+
+    def _miss(self) -> np.ndarray:
+        """[2] horizontal aim offset, uniform in the disc of radius miss_m."""
+        rng = np.random.default_rng([self.env.seed, self.env.task.target])
+        radius, angle = self.miss_m * math.sqrt(rng.uniform()), rng.uniform(0.0, 2 * math.pi)
+        return radius * np.array([math.cos(angle), math.sin(angle)])
 
 
 class PickExpert(ScriptedExpert):
@@ -190,6 +224,10 @@ class PushExpert(ScriptedExpert):
 EXPERTS: dict[str, type[ScriptedExpert]] = {"reach": ReachExpert, "push": PushExpert, "pick": PickExpert}
 
 
-def make_expert(env: FrankaSimEnv) -> ScriptedExpert:
-    """The scripted expert for the env's task."""
+def make_expert(env: FrankaSimEnv, miss_m: float = 0.0) -> ScriptedExpert:
+    """The scripted expert for the env's task; `miss_m`: the reach expert's approach misses by up to this much."""
+    if env.task_name == "reach":
+        return ReachExpert(env, miss_m)
+    if miss_m:
+        raise ValueError(f"miss_m: only the reach expert aims off target on purpose (task {env.task_name!r})")
     return EXPERTS[env.task_name](env)

@@ -13,6 +13,7 @@ Episode e uses seed `--seed + e`; with `--all-targets`, each scene's objects tak
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -130,9 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-hz", type=int, default=15, help="camera rate in bags (divides 240)")
     parser.add_argument("--all-targets", action="store_true", help="every object of a scene as the target in turn "
                         "(reach: 3 episodes per seed, pick: 2): the same images with different instructions")
+    parser.add_argument("--expert-miss", type=float, default=0.0, metavar="M",
+                        help="reach: the expert's approach aims up to M metres off the target, then corrects "
+                        "(recovery demonstrations)")
     args = parser.parse_args(argv)
+    if args.expert_miss and args.task != "reach":
+        parser.error("--expert-miss: only the reach expert aims off target on purpose")
     summaries = record(args.task, args.episodes, args.out, args.format, args.seed, (args.height, args.width),
                        tuple(c for c in args.cameras.split(",") if c), args.image_hz,
+                       make_policy=functools.partial(make_expert, miss_m=args.expert_miss),
                        all_targets=args.all_targets)
     successes = sum(s["success"] for s in summaries)
     json.dump({"task": args.task, "format": args.format, "out": args.out, "episodes": len(summaries),

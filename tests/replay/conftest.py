@@ -34,6 +34,6 @@ def _record(directory: Path, fmt: str, episodes: int) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def sim_bags(tmp_path_factory) -> dict[str, list[Path]]:
-    """{"mcap": [2 episodes], "sqlite3": [2 episodes]} of the reach task (3.2 s each), recorded by the sim."""
+    """{"mcap": [2 episodes], "sqlite3": [2 episodes]} of the reach task (4.8 s each), recorded by the sim."""
     root = tmp_path_factory.mktemp("sim_bags")
     return {fmt: _record(root / fmt, fmt, 2) for fmt in ("mcap", "sqlite3")}
