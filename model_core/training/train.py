@@ -341,11 +341,17 @@ class Trainer:
         self.dit = dit
 
     def _check_window(self, geometry: SampleGeometry) -> None:
-        latents = 1 + 2 * geometry.num_chunks
+        latents = 1 + self.dit.cfg.num_frame_per_block * geometry.num_chunks
         window = self.dit.cfg.local_attn_size
         if latents > window:
             log.warning("%d latent frames per sample exceed the %d-frame attention window: the earliest blocks "
                         "drop out of view as in the release's long-video setting", latents, window)
+        elif latents < window:
+            log.warning("samples of dataset.num_chunks=%d blocks are shorter than the %d blocks the runtime attends to "
+                        "before it resets (max_chunk_size): blocks after the %d-th run at positions training never "
+                        "saw; train on longer samples (or fine-tune on them, as config/train/"
+                        "tiny_reach_bundled_ft.yaml does)", geometry.num_chunks, self.dit.cfg.max_chunk_size,
+                        geometry.num_chunks)
 
     def _prepare_parameters(self) -> list[str]:
         """requires_grad per the objective mode; LoRA adapters inserted; returns the trainable names."""

@@ -229,6 +229,23 @@ def test_engine_overrides_are_checked_before_training(dataset, cache_dir, tmp_pa
         Trainer(config(dataset, tmp_path / "x", cache_dir, model={"engine": {"num_stepz": 4}}))
 
 
+def test_samples_shorter_than_the_runtime_window_are_flagged(dataset, cache_dir, tmp_path, caplog):
+    """The tiny preset attends to 4 blocks before the runtime resets: 2-chunk samples leave blocks 3-4 untrained."""
+    assert _warns(dataset, cache_dir, tmp_path, caplog, 2)
+    assert not _warns(dataset, cache_dir, tmp_path, caplog, 4, pad_episode_end=True)
+
+
+def _warns(dataset, cache_dir, tmp_path, caplog, num_chunks, **dataset_fields) -> bool:
+    with caplog.at_level("WARNING", logger="dreamzero.train"):
+        trainer = Trainer(config(dataset, tmp_path / f"w{num_chunks}", cache_dir,
+                                 dataset={"num_chunks": num_chunks, **dataset_fields}, schedule={"max_steps": 1}))
+        trainer.close()
+    flagged = any("num_chunks=%d blocks are shorter than the 4 blocks" % num_chunks in r.getMessage()
+                  for r in caplog.records)
+    caplog.clear()
+    return flagged
+
+
 def test_bad_video_fails_before_the_first_step(tmp_path):
     root = write_v21(tmp_path / "ds", [make_episode(0, 60), make_episode(1, 60)], video_lengths={0: 59})
     cfg = config(root, tmp_path / "out", tmp_path / "cache")
