@@ -1,11 +1,12 @@
-"""How many reach scenes does a vision policy need? A data-scale probe for the bundled policy's first chunk.
+"""How many reach scenes does a vision policy need? A data-scale probe for the bundled policy's decision chunk.
 
     python bench/probe_grounding.py [--scenes 1200] [--val 200] [--train-sizes 380,1000] [--steps 1500]
     python bench/probe_grounding.py --input latents --vae sim/assets/tiny_reach/encoders/vae.safetensors
 
-From rest, only the images and the instruction say which of three cubes to reach. This renders the first frame of
-`--scenes` reach scenes (seeds 20000.., never in a training set; 90x160 per camera, as the demo) with the scripted
-expert's first-chunk end pose (7 arm joints), then trains a small CNN (the three views + the target colour as input
+The scripted reach expert first moves to a lookout (sim/experts.py: the same first chunk in every scene); from there
+only the images and the instruction say which of three cubes to reach. This runs the expert's first `--chunk` chunks
+of `--scenes` reach scenes (seeds 20000..; 90x160 per camera, as the demo), renders the views there and takes the end
+pose (7 arm joints) of the expert's next chunk, then trains a small CNN (the views + the target colour as input
 planes) on the first N scenes for each N and prints the validation MSE per joint on the last `--val` scenes, in units
 of each joint's spread (1.0 = predicting the mean). `--input pixels` (default) asks whether the data holds enough
 scenes; `--input latents` asks the same of what the DiT sees: the model frame (the embodiment's tiled views at
@@ -27,15 +28,18 @@ from sim.tasks import COLOURS
 CAMERAS = ("wrist", "exterior_1", "exterior_2")
 
 
-def first_frames(scenes: int, seed: int = 20000) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
-    """-> first observations' views [{camera: [90, 160, 3]}], target colour index [N], first-chunk end pose [N, 7]
-    (standardised)."""
+def decision_frames(scenes: int, chunk: int, seed: int = 20000) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+    """-> the views after the expert's first `chunk` chunks [{camera: [90, 160, 3]}], target colour index [N], end pose
+    of the expert's next chunk [N, 7] (standardised)."""
     views, poses, colours = [], [], []
     with FrankaSimEnv("reach", image_hw=(90, 160)) as env:
         for s in range(seed, seed + scenes):
-            obs = env.reset(s)
+            obs = env.reset(s, render=chunk == 0)
             expert = make_expert(env)  # a fresh expert per scene, as sim.evaluate runs them
             expert.reset(obs.instruction)
+            for k in range(chunk):
+                env.execute_chunk(expert.act(obs), render=False)
+                obs = env.observe(render=k == chunk - 1)
             poses.append(expert.act(obs)[-1, :7])
             expert.close()
             views.append({c: obs.images[c] for c in CAMERAS})
@@ -101,12 +105,14 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--train-sizes", default="380,1000")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--chunk", type=int, default=1, help="expert chunks run before the views are taken "
+                        "(1: at the lookout; 0: at rest)")
     parser.add_argument("--input", choices=("pixels", "latents"), default="pixels")
     parser.add_argument("--vae", default="sim/assets/tiny_reach/encoders/vae.safetensors", help="--input latents")
     parser.add_argument("--embodiment", default="sim/assets/tiny_reach/embodiment.yaml", help="its camera layout")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    views, colours, y = first_frames(args.scenes)
+    views, colours, y = decision_frames(args.scenes, args.chunk)
     x = with_colour(pixel_inputs(views) if args.input == "pixels" else
                     latent_inputs(views, args.vae, args.embodiment), colours)
     print(f"{args.scenes} scenes, input {args.input} {list(x.shape[1:])}; validation: the last {args.val}; "
