@@ -11,7 +11,8 @@ What runs (all on loopback, on a private DDS domain; no ROS install needed):
     this process    resets each episode (/sim/reset, then the node's ~/reset), judges success from /sim/task_info,
                     collects the node's ~/action_chunk and ~/status, records one episode's cameras, writes the report
 
-Episode e runs seed `--seed + e` (the bundled policy was trained on seeds 0..379; the default 10000.. are unseen).
+Episode e runs seed `--seed + e` (the bundled policy was trained on seeds 0..399 and its VAE fitted on 20000..20299;
+the default 10000.. are unseen).
 An episode lasts `--episode-s` seconds of sim time from its reset (default: the task's 4.8 s horizon plus one chunk,
 1.6 s, for the node's inference latency, which the in-process evaluation does not pay) and succeeds when
 /sim/task_info (published every sim second) reports success. The node runs in real time against the sim's stamps:
@@ -298,7 +299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sim.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=10000, help="seed of the first episode "
-                        "(the bundled policy's training: 0..379)")
+                        "(the bundled policy's training: 0..399; its VAE's: 20000..20299)")
     parser.add_argument("--out", default="out/demo", help="report folder (created)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--task", default="reach")

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="reach")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=10000, help="seed of the first episode "
-                        "(the bundled policy's training: 0..379)")
+                        "(the bundled policy's training: 0..399; its VAE's: 20000..20299)")
     parser.add_argument("--flash", action=argparse.BooleanOptionalAction, default=None,
                         help="one-step Flash sampling (default: the checkpoint's setting)")
     parser.add_argument("--num-steps", type=int, default=0, help="sampler steps (0: the checkpoint's)")

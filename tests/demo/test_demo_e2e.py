@@ -58,7 +58,7 @@ def test_demo_runs_two_episodes_and_cleans_up(tmp_path):
         report["summary"]["wilson95"][1] <= 1.0
     assert report["summary"]["chunk_latency"]["n"] >= 2 and report["summary"]["chunk_latency"]["mean_ms"] > 0
     assert report["sampling"] == "Flash 1-step sampling"
-    assert report["training"].startswith("trained on 380 episodes of sim_reach_400")
+    assert report["training"].startswith("trained on 1170 episodes of sim_reach_miss_1200")
     assert all(row["chunks"] >= 1 for row in report["episodes"])
     assert report["node_counters"]["session.chunks"] >= 2
     assert "Success:" in (out / "report.md").read_text()
