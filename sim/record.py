@@ -8,14 +8,17 @@ joint states at 30 Hz, the cameras at `--image-hz` (default 15), each commanded 
 JointTrajectory messages, the latched instruction; metadata.yaml `custom_data` holds task, seed, target and success.
 LeRobot: one dataset at `<out>` (see sim.lerobot), 15 fps, images of every control step.
 Episode e uses seed `--seed + e`; with `--all-targets`, each scene's objects take turns as the target (reach: episodes
-3s, 3s+1, 3s+2 share seed `--seed + s`). A JSON summary goes to stdout.
+3s, 3s+1, 3s+2 share seed `--seed + s`). `--workers N` runs episodes in N processes (the same episodes, in order).
+A JSON summary goes to stdout.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -35,38 +38,80 @@ JOINT_STATE_HZ = 30
 
 def record(task: str, episodes: int, out: str | Path, fmt: str = "mcap", seed: int = 0,
            image_hw: tuple[int, int] = (180, 320), cameras: tuple[str, ...] = CAMERAS, image_hz: int = 15,
-           make_policy: Callable[[FrankaSimEnv], Policy] = make_expert, all_targets: bool = False) -> list[dict]:
+           make_policy: Callable[[FrankaSimEnv], Policy] = make_expert, all_targets: bool = False,
+           workers: int = 1) -> list[dict]:
     """Record `episodes` episodes of `task` with the policy `make_policy(env)`; returns one summary per episode.
 
     all_targets: every object of a scene becomes the target in turn (reach: 3 episodes per seed, pick: 2), so the
-    same first images come with different instructions; `episodes` still counts episodes, not scenes."""
+    same first images come with different instructions; `episodes` still counts episodes, not scenes.
+    workers: processes that run episodes side by side, each with its own sim and policy (`make_policy` must pickle);
+    episodes are seeded, so they are the same as with one (only the H.264 encoding varies by a few levels)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid formats: {list(FORMATS)}")
     if image_hz < 1 or FrankaSimEnv.PHYSICS_HZ % image_hz:
         raise ValueError(f"image_hz {image_hz} must divide the physics rate {FrankaSimEnv.PHYSICS_HZ} Hz "
                          f"(e.g. 5, 10, 15, 30)")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
-    env = FrankaSimEnv(task=task, seed=seed, image_hw=image_hw, cameras=cameras)
-    policy = make_policy(env)
-    dataset = LeRobotWriter(out, env.cameras, env.image_hw, fps=env.CONTROL_HZ) if fmt == "lerobot" else None
-    summaries = []
     per_scene = TASKS[task].targets if all_targets else 1
+    jobs = [(index, seed + index // per_scene, index % per_scene) for index in range(episodes)]
+    env = FrankaSimEnv(task=task, seed=seed, image_hw=image_hw, cameras=cameras)  # checks the arguments
+    dataset = LeRobotWriter(out, env.cameras, env.image_hw, fps=env.CONTROL_HZ) if fmt == "lerobot" else None
+    summaries, pool = [], None
     try:
-        for index in range(episodes):
-            scene_seed, target = seed + index // per_scene, index % per_scene
+        if workers == 1:
+            results = map(_Recorder(env, make_policy(env), fmt, out, image_hz), jobs)
+        else:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_start_worker, initargs=(task, seed, env.image_hw, env.cameras,
+                                                                            make_policy, fmt, out, image_hz))
+            results = pool.map(_run_in_worker, jobs)
+        for summary, lerobot_episode in results:  # in episode order
             if dataset is not None:
-                episode, path = _record_lerobot(env, policy, scene_seed, target, dataset), out
-            else:
-                path = out / f"episode_{index:06d}"
-                episode = _record_bag(env, policy, scene_seed, target, path, fmt, image_hz)
-            summaries.append({"episode": index, "seed": episode.seed, "target": target,
-                              "instruction": episode.instruction, "success": episode.success,
-                              "control_steps": episode.control_steps, "path": str(path)})
+                dataset.add_episode(**lerobot_episode)
+            summaries.append(summary)
         if dataset is not None:
             dataset.finish()
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         env.close()
     return summaries
+
+
+class _Recorder:
+    """Records one episode (index, scene seed, target) with its own sim and policy: (summary, LeRobot episode or
+    None); bags are written here, LeRobot episodes by the caller, in order."""
+
+    def __init__(self, env: FrankaSimEnv, policy: Policy, fmt: str, out: Path, image_hz: int):
+        self.env, self.policy, self.fmt, self.out, self.image_hz = env, policy, fmt, out, image_hz
+
+    def __call__(self, job: tuple[int, int, int]) -> tuple[dict, dict | None]:
+        index, seed, target = job
+        lerobot_episode = None
+        if self.fmt == "lerobot":
+            episode, lerobot_episode = _collect_lerobot(self.env, self.policy, seed, target)
+            path = self.out
+        else:
+            path = self.out / f"episode_{index:06d}"
+            episode = _record_bag(self.env, self.policy, seed, target, path, self.fmt, self.image_hz)
+        summary = {"episode": index, "seed": episode.seed, "target": target, "instruction": episode.instruction,
+                   "success": episode.success, "control_steps": episode.control_steps, "path": str(path)}
+        return summary, lerobot_episode
+
+
+_WORKER: list[_Recorder] = []  # a worker process's recorder
+
+
+def _start_worker(task: str, seed: int, image_hw: tuple[int, int], cameras: tuple[str, ...],
+                  make_policy: Callable[[FrankaSimEnv], Policy], fmt: str, out: Path, image_hz: int) -> None:
+    env = FrankaSimEnv(task=task, seed=seed, image_hw=image_hw, cameras=cameras)
+    _WORKER.append(_Recorder(env, make_policy(env), fmt, out, image_hz))
+
+
+def _run_in_worker(job: tuple[int, int, int]) -> tuple[dict, dict | None]:
+    return _WORKER[0](job)
 
 
 def _record_bag(env: FrankaSimEnv, policy: Policy, seed: int, target: int, path: Path, fmt: str,
@@ -93,7 +138,8 @@ def _record_bag(env: FrankaSimEnv, policy: Policy, seed: int, target: int, path:
     return episode
 
 
-def _record_lerobot(env: FrankaSimEnv, policy: Policy, seed: int, target: int, dataset: LeRobotWriter) -> Episode:
+def _collect_lerobot(env: FrankaSimEnv, policy: Policy, seed: int, target: int) -> tuple[Episode, dict]:
+    """Run one episode; -> (episode, LeRobotWriter.add_episode arguments)."""
     substeps = env.PHYSICS_HZ // env.CONTROL_HZ
     states, cartesian, images = [], [], {camera: [] for camera in env.cameras}
 
@@ -111,11 +157,10 @@ def _record_lerobot(env: FrankaSimEnv, policy: Policy, seed: int, target: int, d
         raise RuntimeError(f"episode with seed {seed}: the policy sent rejected chunks ({episode.rejected[0]}); "
                            f"a dataset needs an action for every step")
     n = episode.control_steps  # the last observation (after the last action) has no action: dropped
-    dataset.add_episode(np.array(states[:n]), episode.actions, np.array(cartesian[:n]),
-                        {camera: np.stack(frames[:n]) for camera, frames in images.items()},
-                        episode.instruction, episode.success, {"sim_task": env.task_name, "sim_seed": seed,
-                                                                         "sim_target": target})
-    return episode
+    return episode, {"states": np.array(states[:n]), "actions": episode.actions, "cartesian": np.array(cartesian[:n]),
+                     "images": {camera: np.stack(frames[:n]) for camera, frames in images.items()},
+                     "instruction": episode.instruction, "success": episode.success,
+                     "extra": {"sim_task": env.task_name, "sim_seed": seed, "sim_target": target}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,13 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expert-miss", type=float, default=0.0, metavar="M",
                         help="reach: the expert's approach aims up to M metres off the target, then corrects "
                         "(recovery demonstrations)")
+    parser.add_argument("--workers", type=int, default=1, help="processes recording side by side (same output)")
     args = parser.parse_args(argv)
     if args.expert_miss and args.task != "reach":
         parser.error("--expert-miss: only the reach expert aims off target on purpose")
+    if args.workers < 1:
+        parser.error(f"--workers: needs at least 1, got {args.workers}")
     summaries = record(args.task, args.episodes, args.out, args.format, args.seed, (args.height, args.width),
                        tuple(c for c in args.cameras.split(",") if c), args.image_hz,
                        make_policy=functools.partial(make_expert, miss_m=args.expert_miss),
-                       all_targets=args.all_targets)
+                       all_targets=args.all_targets, workers=args.workers)
     successes = sum(s["success"] for s in summaries)
     json.dump({"task": args.task, "format": args.format, "out": args.out, "episodes": len(summaries),
                "successes": successes, "per_episode": summaries}, sys.stdout, indent=1)
