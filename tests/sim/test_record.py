@@ -262,7 +262,8 @@ def test_lerobot_actions_replay_to_the_same_outcome(dataset):
 
 def test_cli_and_bad_arguments(tmp_path, capsys):
     assert record_main(["--task", "reach", "--episodes", "1", "--out", str(tmp_path / "cli"), "--format", "sqlite3",
-                        "--height", "18", "--width", "32", "--image-hz", "5", "--cameras", "wrist", "--expert-miss", "0.05"]) == 0
+                        "--height", "18", "--width", "32", "--image-hz", "5", "--cameras", "wrist",
+                        "--expert-miss", "0.05"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["episodes"] == 1 and printed["successes"] == 1
     with Reader(tmp_path / "cli" / "episode_000000") as reader:
