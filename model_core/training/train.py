@@ -346,12 +346,12 @@ class Trainer:
         if latents > window:
             log.warning("%d latent frames per sample exceed the %d-frame attention window: the earliest blocks "
                         "drop out of view as in the release's long-video setting", latents, window)
-        elif latents < window:
+        elif latents < window and self.env.main:
             log.warning("samples of dataset.num_chunks=%d blocks are shorter than the %d blocks the runtime attends to "
-                        "before it resets (max_chunk_size): blocks after the %d-th run at positions training never "
-                        "saw; train on longer samples (or fine-tune on them, as config/train/"
-                        "tiny_reach_bundled_ft.yaml does)", geometry.num_chunks, self.dit.cfg.max_chunk_size,
-                        geometry.num_chunks)
+                        "before it resets (max_chunk_size): an episode's blocks after the first %d run at positions "
+                        "training never saw; train or fine-tune on samples of %d chunks (pad_episode_end pads short "
+                        "episodes)", geometry.num_chunks, self.dit.cfg.max_chunk_size, geometry.num_chunks,
+                        self.dit.cfg.max_chunk_size)
 
     def _prepare_parameters(self) -> list[str]:
         """requires_grad per the objective mode; LoRA adapters inserted; returns the trainable names."""
