@@ -68,8 +68,8 @@ def evaluate(task: str, seeds: Sequence[int], policy_for: Callable[[FrankaSimEnv
                                   frame_every=frame_every, on_frame=on_frame if with_video else None)
             latencies += episode.act_latency_s
             row = {"episode": index, "seed": seed, "instruction": episode.instruction, "success": episode.success,
-                   "final_goal_distance_m": round(env.goal_distance(), 4), "control_steps": episode.control_steps, "chunks": len(episode.act_latency_s),
-                   "rejected_chunks": len(episode.rejected)}
+                   "final_goal_distance_m": round(env.goal_distance(), 4), "control_steps": episode.control_steps,
+                   "chunks": len(episode.act_latency_s), "rejected_chunks": len(episode.rejected)}
             if episode.rejected:
                 row["first_rejection"] = episode.rejected[0]
             if with_video:

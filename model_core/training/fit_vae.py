@@ -147,7 +147,7 @@ def fit(cfg: TrainConfig, out: Path, episodes: int, steps: int, batch: int, lr: 
     bar = tqdm(range(steps), desc="fitting the VAE", unit="step")
     for step in bar:
         video, window_background = sample_clips(train, batch, rng).to(device), background
-        if crop:
+        if crop is not None:
             video, window_background = random_crop(video, background, crop, rng)
         loss, l1 = autoencoder_loss(vae, video, stats_weight, detail_weight, foreground_weight, window_background)
         optimizer.zero_grad()

@@ -27,23 +27,17 @@ def test_a_missing_configured_topic_is_named_with_the_topics_the_bag_has(sim_bag
     error = _fails([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), "--embodiment", "agibot_g1"], tmp_path,
                    capsys)
     assert "missing /record/head_camera_rgb" in error and "/record/left_camera_rgb" in error
-    images = _message_counts(sim_bags["mcap"][0])["/cameras/exterior_1/image_raw"]
+    images = _bag_facts(sim_bags["mcap"][0])[0]["/cameras/exterior_1/image_raw"]
     assert f"the bag has: /cameras/exterior_1/image_raw (sensor_msgs/msg/Image, {images})" in error
     assert "--topic BAG_TOPIC:=NODE_TOPIC" in error
 
 
-def _message_counts(bag: Path) -> dict[str, int]:
+def _bag_facts(bag: Path) -> tuple[dict[str, int], float]:
+    """(messages per topic, duration in s) of a recorded bag."""
     from rosbags.rosbag2 import Reader
 
     with Reader(bag) as reader:
-        return {c.topic: c.msgcount for c in reader.connections}
-
-
-def _duration_s(bag: Path) -> float:
-    from rosbags.rosbag2 import Reader
-
-    with Reader(bag) as reader:
-        return (reader.end_time - reader.start_time) / 1e9
+        return {c.topic: c.msgcount for c in reader.connections}, (reader.end_time - reader.start_time) / 1e9
 
 
 def test_a_real_ros1_bag_without_the_topics_lists_its_topics(tiny_checkpoint, tmp_path, capsys):
@@ -90,8 +84,9 @@ def test_a_truncated_file(sim_bags, tiny_checkpoint, tmp_path, capsys, fmt):
 
 def test_no_messages_in_range(sim_bags, tiny_checkpoint, tmp_path, capsys):
     error = _fails([str(sim_bags["mcap"][0]), *cli_params(tiny_checkpoint), "--start", "100"], tmp_path, capsys)
-    end = _duration_s(sim_bags["mcap"][0])
-    assert f"range 100 .. {end:g} s" in error and "none on /joint_states" in error and f"spans 0 .. {end:.3f} s" in error
+    end = _bag_facts(sim_bags["mcap"][0])[1]
+    assert f"range 100 .. {end:g} s" in error and "none on /joint_states" in error
+    assert f"spans 0 .. {end:.3f} s" in error
 
 
 @pytest.mark.parametrize("name", ["sqlite3_empty_bag", "sqlite3_file_compressed_zstd"])

@@ -1,4 +1,5 @@
-"""Scripted experts: >= 95% success over 20 seeds per task (and closer to the goal by Task.goal_distance), chunks shaped and bounded like a policy's."""
+"""Scripted experts: >= 95% success over 20 seeds per task (and closer to the goal by Task.goal_distance), chunks
+shaped and bounded like a policy's."""
 import numpy as np
 import pytest
 
