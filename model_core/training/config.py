@@ -51,13 +51,18 @@ class ModelConfig(_Section):
                                                               "an exact fit of the layout")
     engine: dict[str, Any] = Field(default_factory=dict, description="EngineConfig overrides written into the "
                                                                      "checkpoint (e.g. num_steps, flash)")
-    init_seed: int = Field(0, ge=0, description="seed of the random DiT / tiny encoders")
+    init_seed: int = Field(0, ge=0, description="seed of the random DiT / tiny encoders / `reinit` modules")
+    reinit: list[str] = Field(default_factory=list, description=(
+        "DiT submodules of init_from to initialise afresh (seeded by init_seed), e.g. [text_embedding] after "
+        "swapping the text encoder for one whose embeddings the old projection was not trained on"))
     gradient_checkpointing: bool = Field(False, description="recompute each DiT block in backward (big presets)")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.preset is None and self.init_from is None:
             raise ValueError("give model.preset (fresh model) or model.init_from (checkpoint to fine-tune)")
+        if self.reinit and self.init_from is None:
+            raise ValueError("reinit: only with model.init_from (a fresh preset is initialised throughout)")
         if self.encoders == "checkpoint" and self.init_from is None and not self.encoder_overrides:
             raise ValueError("encoders 'checkpoint' needs model.init_from or model.encoder_overrides")
         for name in ("video_hw", "view_hw"):

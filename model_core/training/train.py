@@ -184,6 +184,20 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def reinitialise(dit: CausalWanModel, names: list[str], seed: int) -> None:
+    """Give the named submodules fresh default-initialised weights, in order, after `torch.manual_seed(seed)`."""
+    children = dict(dit.named_modules())
+    torch.manual_seed(seed)
+    for name in names:
+        if not name or name not in children:
+            raise TrainConfigError(f"model.reinit: {name!r} is not a DiT submodule (e.g. text_embedding, "
+                                   f"action_decoder, blocks.3.cross_attn)")
+        for module in children[name].modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        log.info("model.reinit: %s initialised afresh", name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Activation checkpointing (same class and parameter names, so checkpoints and FSDP see a DiTBlock)
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,6 +306,8 @@ class Trainer:
                 extra = ckpt.extra
             section = _merge(extra.get(SECTION, {}), mcfg.encoder_overrides)
             self.base_name = str(mcfg.init_from)
+            if not on_meta:  # meta ranks receive rank 0's weights
+                reinitialise(dit, mcfg.reinit, mcfg.init_seed)
         else:
             dit_cfg = preset(mcfg.preset)
             torch.manual_seed(mcfg.init_seed)

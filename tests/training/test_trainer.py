@@ -214,6 +214,23 @@ def test_fine_tune_a_checkpoint_with_its_own_encoders(trained, dataset, cache_di
     assert np.isfinite(engine.step(np.zeros((1, 64, 128, 3), np.uint8), np.zeros(8, np.float32), "a").actions).all()
 
 
+def test_reinit_gives_named_modules_fresh_weights_and_keeps_the_rest(trained, dataset, cache_dir, tmp_path):
+    _, result, _ = trained
+    model = {"preset": None, "init_from": str(result.checkpoint), "encoders": "checkpoint", "init_seed": 3}
+    trainer = Trainer(config(dataset, tmp_path / "re", cache_dir, model={**model, "reinit": ["text_embedding"]},
+                             objective={"mode": "full"}, schedule={"max_steps": 1}))
+    base, _ = load_model(result.checkpoint)
+    torch.manual_seed(3)
+    fresh = [torch.nn.Linear(m.in_features, m.out_features) for m in base.text_embedding if hasattr(m, "weight")]
+    linears = [m for m in trainer.dit.text_embedding if hasattr(m, "weight")]
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in zip(linears, fresh))
+    assert not torch.equal(linears[0].weight, base.text_embedding[0].weight)
+    assert torch.equal(trainer.dit.blocks[0].cross_attn.k.weight, base.blocks[0].cross_attn.k.weight)
+    with pytest.raises(TrainConfigError, match="model.reinit: 'text_embeding'"):
+        Trainer(config(dataset, tmp_path / "typo", cache_dir, model={**model, "reinit": ["text_embeding"]},
+                       schedule={"max_steps": 1}))
+
+
 def test_activation_checkpointing_gives_the_same_step(dataset, cache_dir, tmp_path):
     runs = []
     for flag in (False, True):
