@@ -1,7 +1,8 @@
 """Can the tiny DiT learn which cube the instruction names? The reach decision alone, in minutes on a CPU.
 
     python bench/probe_binding.py [--scenes 1200] [--val 150] [--train-scenes N] [--steps 1500]
-                                  [--text prompt|onehot|shuffled] [--look static|moving]
+                                  [--text prompt|onehot|shuffled] [--look static|moving|approach]
+                                  [--blocks 1] [--flash-beta 7 1] [--threads 2]
 
 The bundled reach policy decides its approach at the expert's lookout (sim/experts.py: the same pose in every
 scene), from the wrist view and the instruction; `bench/reach_grounding.py` shows it ignores the instruction. This
@@ -10,9 +11,13 @@ the model frame by the bundle's embodiment, through the bundle's VAE) each cube 
 `--preset` is trained from scratch with the Flash objective (model_core.training.objective) on samples whose last
 block holds 24 actions that all hold the named cube's (x, y) on the table, scaled to [-1, 1]:
 
-    --look static   one block: the lookout frame held still (latent frame 0 and the block's video)
+    --look static   one block: the lookout frame held still (latent frame 0 and the block's video); with
+                    `--blocks 2`, two blocks of it, the decision's actions in the second (block 1's actions: 0)
     --look moving   two blocks, as the runtime decides: the home frame, the look chunk as the camera records it
                     (block 1, actions 0), then the lookout held (block 2's video) with the decision's actions
+    --look approach the stage-1 sample of the bundle's recipe: as `moving`, but block 2's video is the approach
+                    chunk to the named cube as the camera records it (the expert, aiming on target); in training
+                    the block's own noised video shows where the arm goes, in closed loop it starts as pure noise
 
 Validation on the last `--val` scenes samples the actions in one Flash step and prints the (x, y) MSE (1.0 =
 predicting the mean), how often the prediction lies nearest the named cube (chance: 1/3) and the median distance to
@@ -20,7 +25,8 @@ it in cm, also for up to `--val` training scenes.
 
 `--text` chooses what says which cube: `prompt`, the shipped tiny umT5 on the embodiment's prompt (what the policy
 sees); `onehot`, the colour as a one-hot in the first context vector (an oracle text encoder); `shuffled`, the prompt
-of a random cube of the scene (the text carries nothing: the no-binding baseline).
+of a random cube of the scene (the text carries nothing: the no-binding baseline). `--flash-beta` sets the Flash
+video noise distribution Beta(a, b) (the release's: 7, 1; larger `a` hides more of each block's own video).
 """
 from __future__ import annotations
 
@@ -41,20 +47,26 @@ BUNDLE = Path("sim/assets/tiny_reach")
 
 def lookout_scenes(seeds: range, look: str) -> dict[str, np.ndarray]:
     """The wrist views [N, V, 90, 160, 3] uint8 (`static`: V = 1, at the lookout; `moving`: V = 9, at home then every
-    third control step of the look chunk, the model's 5 fps), the cube colours [N, 3] (COLOURS indices) and their
-    centres on the table [N, 3, 2] (m)."""
+    third control step of the look chunk, the model's 5 fps; `approach`: V = 17, the look then the approach chunk,
+    one clip per named cube: [3 N, V, ...], scene-major), the cube colours [N, 3] (COLOURS indices) and their centres
+    on the table [N, 3, 2] (m), in the order of the seed's own scene."""
     views, colours, xy = [], [], []
     with FrankaSimEnv("reach", image_hw=(90, 160), cameras=("wrist",)) as env:
         for seed in seeds:
-            obs = env.reset(seed, render=look == "moving")
-            expert = make_expert(env)
-            expert.reset(obs.instruction)
-            clip = env.execute_chunk(expert.act(obs), observe_every=3, render=look == "moving")  # the look chunk
-            expert.close()
-            frames = [obs, *clip] if look == "moving" else [env.observe(render=True)]
-            views.append(np.stack([f.images["wrist"] for f in frames]))
-            colours.append([list(COLOURS).index(c) for c in env.task.colours])
-            xy.append(np.asarray(env.task.xy, dtype=np.float32))
+            for named in range(3 if look == "approach" else 1):
+                obs = env.reset(seed, render=look != "static", target=named)  # the named cube first in env.task
+                expert = make_expert(env)
+                expert.reset(obs.instruction)
+                clip = env.execute_chunk(expert.act(obs), observe_every=3, render=look != "static")  # the look
+                if look == "approach":
+                    clip += env.execute_chunk(expert.act(clip[-1]), observe_every=3, render=True)
+                expert.close()
+                frames = [obs, *clip] if look != "static" else [env.observe(render=True)]
+                views.append(np.stack([f.images["wrist"] for f in frames]))
+                if named == 0:
+                    colours.append([list(COLOURS).index(c) for c in env.task.colours])
+                    xy.append(np.asarray(env.task.xy, dtype=np.float32))
+                assert np.allclose(env.task.xy[0], xy[-1][named]), "the named cube is not the scene's cube `named`"
     return {"views": np.stack(views), "colours": np.array(colours), "xy": np.stack(xy)}
 
 
@@ -115,9 +127,9 @@ def context(colour_of_sample: np.ndarray, mode: str, text_dim: int, text_len: in
 
 def samples(data: dict[str, np.ndarray], latents: torch.Tensor, mode: str, blocks: int, cfg,
             rng: np.random.Generator) -> dict:
-    """Three samples per scene (each cube named): latents, text, and the last block's actions holding the named
-    (x, y) in [-1, 1] (earlier blocks' actions: 0)."""
-    n = len(latents)
+    """Three samples per scene (each cube named): latents (one per scene, or one per sample), text, and the last
+    block's actions holding the named (x, y) in [-1, 1] (earlier blocks' actions: 0)."""
+    n = len(data["xy"])
     scene = np.repeat(np.arange(n), 3)
     named = np.tile(np.arange(3), n)
     colour = data["colours"][scene, named]
@@ -131,7 +143,8 @@ def samples(data: dict[str, np.ndarray], latents: torch.Tensor, mode: str, block
     actions[:, -T:, :2] = target[:, None]
     mask = torch.zeros(len(scene), cfg.action_dim, dtype=torch.bool)
     mask[:, :2] = True
-    return {"latents": latents[scene], "text": context(colour, mode, cfg.text_dim, cfg.text_len),
+    return {"latents": latents if len(latents) == 3 * n else latents[scene],
+            "text": context(colour, mode, cfg.text_dim, cfg.text_len),
             "actions": actions, "action_mask": mask, "states": torch.zeros(len(scene), blocks, cfg.max_state_dim),
             "scene": torch.from_numpy(scene), "scale": torch.from_numpy((hi - lo) / 2)}
 
@@ -167,8 +180,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--text", choices=("prompt", "onehot", "shuffled"), default="prompt")
-    parser.add_argument("--look", choices=("static", "moving"), default="static", help="static: one block, the "
-                        "lookout frame held still; moving: two blocks, the look chunk as recorded, then the decision")
+    parser.add_argument("--look", choices=("static", "moving", "approach"), default="static", help="static: one "
+                        "block, the lookout frame held still; moving: two blocks, the look chunk as recorded, then "
+                        "the decision; approach: as moving, with the approach chunk as block 2's video")
+    parser.add_argument("--blocks", type=int, default=None, help="with --look static: how many blocks of the "
+                        "held lookout (default 1); the other looks have 2")
+    parser.add_argument("--flash-beta", type=float, nargs=2, default=(7.0, 1.0), metavar=("A", "B"))
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--workers", type=int, default=2, help="processes rendering the scenes")
@@ -182,15 +200,18 @@ def main() -> None:
     t0 = time.time()
     data = scenes(args.scenes, args.look, args.workers, args.cache)
     cfg = preset(args.preset)
-    blocks = 1 if args.look == "static" else 2
-    latent_path = args.cache / f"latents_{args.look}_{args.scenes}.pt"
+    if args.blocks is not None and args.look != "static":
+        parser.error("--blocks goes with --look static (moving and approach have 2 blocks)")
+    blocks = (args.blocks or 1) if args.look == "static" else 2
+    layout = f"{args.look}{blocks}" if args.look == "static" and blocks > 1 else args.look
+    latent_path = args.cache / f"latents_{layout}_{args.scenes}.pt"
     if latent_path.is_file():
         latents = torch.load(latent_path)
     else:
         latents = encode_clips(clips(data["views"], blocks, cfg.num_frame_per_block))
         torch.save(latents, latent_path)
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     all_samples = samples(data, latents, args.text, blocks, cfg, np.random.default_rng(0))
     first_val = 3 * (args.scenes - args.val)
     train_n = 3 * min(args.train_scenes or args.scenes, args.scenes - args.val)
@@ -198,9 +219,10 @@ def main() -> None:
     val = {k: v[first_val:] for k, v in all_samples.items() if k != "scale"} | {"scale": all_samples["scale"]}
     val_scenes = val["scene"].numpy()
     print(f"{train_n // 3} training scenes, {args.val} held out, latents {list(latents.shape[1:])}, text {args.text}, "
-          f"look {args.look}, preset {args.preset}; data ready in {time.time() - t0:.0f} s", flush=True)
+          f"look {args.look}, {blocks} block(s), Flash Beta{tuple(args.flash_beta)}, preset {args.preset}; "
+          f"data ready in {time.time() - t0:.0f} s", flush=True)
 
-    objective_cfg = ObjectiveConfig(mode="full", flash=True)
+    objective_cfg = ObjectiveConfig(mode="full", flash=True, flash_beta=tuple(args.flash_beta))
     objective = FlowMatchingObjective(objective_cfg, cfg)
     dit = CausalWanModel(cfg)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-5)
