@@ -183,8 +183,8 @@ def main() -> None:
     parser.add_argument("--look", choices=("static", "moving", "approach"), default="static", help="static: one "
                         "block, the lookout frame held still; moving: two blocks, the look chunk as recorded, then "
                         "the decision; approach: as moving, with the approach chunk as block 2's video")
-    parser.add_argument("--blocks", type=int, default=None, help="with --look static: how many blocks of the "
-                        "held lookout (default 1); the other looks have 2")
+    parser.add_argument("--blocks", type=int, default=1, help="with --look static: how many blocks of the held "
+                        "lookout; the other looks have 2")
     parser.add_argument("--flash-beta", type=float, nargs=2, default=(7.0, 1.0), metavar=("A", "B"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="tiny")
@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes rendering the scenes")
     parser.add_argument("--cache", type=Path, default=Path("runs/probe_binding"))
     args = parser.parse_args()
+    if args.blocks != 1 and args.look != "static":
+        parser.error("--blocks goes with --look static (moving and approach have 2 blocks)")
     from model_core.config import preset
     from model_core.dit import CausalWanModel
     from model_core.training.config import ObjectiveConfig
@@ -200,10 +202,8 @@ def main() -> None:
     t0 = time.time()
     data = scenes(args.scenes, args.look, args.workers, args.cache)
     cfg = preset(args.preset)
-    if args.blocks is not None and args.look != "static":
-        parser.error("--blocks goes with --look static (moving and approach have 2 blocks)")
-    blocks = (args.blocks or 1) if args.look == "static" else 2
-    layout = f"{args.look}{blocks}" if args.look == "static" and blocks > 1 else args.look
+    blocks = args.blocks if args.look == "static" else 2
+    layout = f"static{blocks}" if blocks != 1 and args.look == "static" else args.look
     latent_path = args.cache / f"latents_{layout}_{args.scenes}.pt"
     if latent_path.is_file():
         latents = torch.load(latent_path)
