@@ -2,7 +2,7 @@
 
     python bench/probe_binding.py [--scenes 1200] [--val 150] [--train-scenes N] [--steps 1500]
                                   [--text prompt|onehot|shuffled] [--look static|moving|approach]
-                                  [--blocks 1] [--flash-beta 7 1] [--threads 2]
+                                  [--blocks N] [--flash-beta 7 1] [--action-weight 1] [--threads 2]
 
 The bundled reach policy decides its approach at the expert's lookout (sim/experts.py: the same pose in every
 scene), from the wrist view and the instruction; `bench/reach_grounding.py` shows it ignores the instruction. This
@@ -17,7 +17,9 @@ block holds 24 actions that all hold the named cube's (x, y) on the table, scale
                     (block 1, actions 0), then the lookout held (block 2's video) with the decision's actions
     --look approach the stage-1 sample of the bundle's recipe: as `moving`, but block 2's video is the approach
                     chunk to the named cube as the camera records it (the expert, aiming on target); in training
-                    the block's own noised video shows where the arm goes, in closed loop it starts as pure noise
+                    the block's own noised video shows where the arm goes, in closed loop it starts as pure noise;
+                    with `--blocks 1`, one block from the lookout (a session that resets before every chunk,
+                    `max_chunk_size: 1`): latent frame 0 the lookout, the block's video the approach chunk
 
 Validation on the last `--val` scenes samples the actions in one Flash step and prints the (x, y) MSE (1.0 =
 predicting the mean), how often the prediction lies nearest the named cube (chance: 1/3) and the median distance to
@@ -26,7 +28,9 @@ it in cm, also for up to `--val` training scenes.
 `--text` chooses what says which cube: `prompt`, the shipped tiny umT5 on the embodiment's prompt (what the policy
 sees); `onehot`, the colour as a one-hot in the first context vector (an oracle text encoder); `shuffled`, the prompt
 of a random cube of the scene (the text carries nothing: the no-binding baseline). `--flash-beta` sets the Flash
-video noise distribution Beta(a, b) (the release's: 7, 1; larger `a` hides more of each block's own video).
+video noise distribution Beta(a, b) (the release's: 7, 1; larger `a` hides more of each block's own video);
+`--action-weight` the objective's `action_loss_weight` (the action loss averages the blocks, so with two blocks the
+decision carries half of it).
 """
 from __future__ import annotations
 
@@ -183,17 +187,19 @@ def main() -> None:
     parser.add_argument("--look", choices=("static", "moving", "approach"), default="static", help="static: one "
                         "block, the lookout frame held still; moving: two blocks, the look chunk as recorded, then "
                         "the decision; approach: as moving, with the approach chunk as block 2's video")
-    parser.add_argument("--blocks", type=int, default=1, help="with --look static: how many blocks of the held "
-                        "lookout; the other looks have 2")
+    parser.add_argument("--blocks", type=int, default=None, help="static: how many blocks of the held lookout "
+                        "(default 1); approach: 2 (default) or 1, from the lookout; moving: 2")
     parser.add_argument("--flash-beta", type=float, nargs=2, default=(7.0, 1.0), metavar=("A", "B"))
+    parser.add_argument("--action-weight", type=float, default=1.0, help="the objective's action_loss_weight")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--workers", type=int, default=2, help="processes rendering the scenes")
     parser.add_argument("--cache", type=Path, default=Path("runs/probe_binding"))
     args = parser.parse_args()
-    if args.blocks != 1 and args.look != "static":
-        parser.error("--blocks goes with --look static (moving and approach have 2 blocks)")
+    blocks = args.blocks or (1 if args.look == "static" else 2)
+    if blocks < 1 or (args.look == "moving" and blocks != 2) or (args.look == "approach" and blocks > 2):
+        parser.error(f"--blocks {blocks} with --look {args.look}: static takes N >= 1, approach 1 or 2, moving 2")
     from model_core.config import preset
     from model_core.dit import CausalWanModel
     from model_core.training.config import ObjectiveConfig
@@ -202,13 +208,15 @@ def main() -> None:
     t0 = time.time()
     data = scenes(args.scenes, args.look, args.workers, args.cache)
     cfg = preset(args.preset)
-    blocks = args.blocks if args.look == "static" else 2
-    layout = f"static{blocks}" if blocks != 1 and args.look == "static" else args.look
+    layout = args.look + (str(blocks) if blocks != (1 if args.look == "static" else 2) else "")
     latent_path = args.cache / f"latents_{layout}_{args.scenes}.pt"
     if latent_path.is_file():
         latents = torch.load(latent_path)
     else:
-        latents = encode_clips(clips(data["views"], blocks, cfg.num_frame_per_block))
+        views = data["views"]
+        if args.look == "approach" and blocks == 1:
+            views = views[:, 4 * cfg.num_frame_per_block:]  # from the look chunk's last frame, the lookout
+        latents = encode_clips(clips(views, blocks, cfg.num_frame_per_block))
         torch.save(latents, latent_path)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -219,10 +227,12 @@ def main() -> None:
     val = {k: v[first_val:] for k, v in all_samples.items() if k != "scale"} | {"scale": all_samples["scale"]}
     val_scenes = val["scene"].numpy()
     print(f"{train_n // 3} training scenes, {args.val} held out, latents {list(latents.shape[1:])}, text {args.text}, "
-          f"look {args.look}, {blocks} block(s), Flash Beta{tuple(args.flash_beta)}, preset {args.preset}; "
+          f"look {args.look}, {blocks} block(s), Flash Beta{tuple(args.flash_beta)}, action weight "
+          f"{args.action_weight}, preset {args.preset}; "
           f"data ready in {time.time() - t0:.0f} s", flush=True)
 
-    objective_cfg = ObjectiveConfig(mode="full", flash=True, flash_beta=tuple(args.flash_beta))
+    objective_cfg = ObjectiveConfig(mode="full", flash=True, flash_beta=tuple(args.flash_beta),
+                                    action_loss_weight=args.action_weight)
     objective = FlowMatchingObjective(objective_cfg, cfg)
     dit = CausalWanModel(cfg)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-5)
