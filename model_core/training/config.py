@@ -56,6 +56,9 @@ class ModelConfig(_Section):
         "DiT submodules of init_from to initialise afresh (seeded by init_seed), e.g. [text_embedding] after "
         "swapping the text encoder for one whose embeddings the old projection was not trained on"))
     gradient_checkpointing: bool = Field(False, description="recompute each DiT block in backward (big presets)")
+    max_chunk_size: int | None = Field(None, ge=1, description=(
+        "blocks the runtime attends to before it resets (the DiT's attention window, written into the checkpoint); "
+        "default: the preset's or init_from's. 1: every chunk is decided afresh from the current frame"))
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -39,7 +39,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +315,8 @@ class Trainer:
                 dit = CausalWanModel(dit_cfg)
             section = copy.deepcopy(mcfg.encoder_overrides)
             self.base_name = f"preset:{mcfg.preset}"
+        if mcfg.max_chunk_size is not None:  # the window shapes masks only, never weights
+            dit.cfg = replace(dit.cfg, max_chunk_size=mcfg.max_chunk_size)
         dit.train()
         if mcfg.encoders == "tiny":  # the encoders of model_core.factory.tiny_components(seed)
             vae = WanVAE.tiny("wan21", seed=mcfg.init_seed).to(self.env.device)

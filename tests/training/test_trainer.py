@@ -231,6 +231,27 @@ def test_reinit_gives_named_modules_fresh_weights_and_keeps_the_rest(trained, da
                        schedule={"max_steps": 1}))
 
 
+def test_window_override_reaches_the_checkpoint_and_the_runtime(trained, dataset, cache_dir, tmp_path, caplog):
+    """model.max_chunk_size 1: one-chunk samples fill the window, and the engine decides every chunk afresh."""
+    _, result, _ = trained
+    model = {"preset": None, "init_from": str(result.checkpoint), "encoders": "checkpoint", "max_chunk_size": 1}
+    with caplog.at_level("WARNING", logger="dreamzero.train"):
+        trainer = Trainer(config(dataset, tmp_path / "w1", cache_dir, model=model, dataset={"num_chunks": 1},
+                                 objective={"mode": "full"}, schedule={"max_steps": 1}))
+    assert not any("shorter than" in r.getMessage() for r in caplog.records)
+    base, _ = load_model(result.checkpoint)
+    assert torch.equal(trainer.dit.blocks[0].self_attn.q.weight, base.blocks[0].self_attn.q.weight)
+    out = trainer.train().checkpoint
+    trainer.close()
+    assert json.loads((out / "config.json").read_text())["max_chunk_size"] == 1
+    engine, _ = build_engine(out)
+    first = engine.step(np.zeros((1, 64, 128, 3), np.uint8), np.zeros(8, np.float32), "a")
+    second = engine.step(np.zeros((8, 64, 128, 3), np.uint8), np.zeros(8, np.float32), "a")
+    assert (first.reset, second.reset) == ("first call", "window full") and second.current_start_frame == 1
+    with pytest.raises(TrainConfigError, match=r"model.max_chunk_size"):
+        config(dataset, tmp_path / "w0", cache_dir, model={"max_chunk_size": 0})
+
+
 def test_activation_checkpointing_gives_the_same_step(dataset, cache_dir, tmp_path):
     runs = []
     for flag in (False, True):
