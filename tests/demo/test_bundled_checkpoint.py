@@ -86,3 +86,6 @@ def test_the_recipe_configs_chain_and_start_from_the_shipped_encoders():
     model, _ = load_model(BUNDLE)
     episode_blocks = ReachTask.max_steps // model.cfg.num_action_per_block  # the reach horizon in chunks
     assert stage1.dataset.num_chunks < episode_blocks == stage2.dataset.num_chunks <= model.cfg.max_chunk_size
+    window1 = load_config(REPO / "config" / "train" / "tiny_reach_window1.yaml")  # the candidate: one block a chunk
+    assert window1.dataset.root == stage1.dataset.root and window1.dataset.val_episodes == stage1.dataset.val_episodes
+    assert window1.dataset.num_chunks == window1.model.max_chunk_size == 1
