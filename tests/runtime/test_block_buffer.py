@@ -147,11 +147,20 @@ def test_backwards_stamps_and_unknown_cameras_are_rejected():
 
 
 def test_producer_and_consumer_threads():
+    """The producer streams on while the consumer holds the initial block (taken after the first 0.5 s: a producer
+    that finished first would leave only the newest set, one initial frame, and no later block)."""
     buffer = make_buffer()
-    evts = events(FRANKA, 0, 3.4)
-    producer = threading.Thread(target=play, args=(buffer, FRANKA, evts, False))
+    taken = threading.Event()
+
+    def produce():
+        play(buffer, FRANKA, events(FRANKA, 0, 0.5), False)
+        taken.wait(timeout=30)
+        play(buffer, FRANKA, [e for e in events(FRANKA, 0, 3.4) if e[0] > T0 + 500 * MS], False)
+
+    producer = threading.Thread(target=produce)
     producer.start()
     first = buffer.next_block(timeout_s=5.0)
+    taken.set()
     producer.join(timeout=60)  # a loaded machine: the producer is plain Python, not paced
     assert not producer.is_alive()
     assert first is not None and first.index == 0
