@@ -23,8 +23,7 @@ def test_bundle_is_small_and_complete():
     total = sum(p.stat().st_size for p in files)
     assert total <= MAX_BYTES, f"bundle is {total / 2**20:.1f} MiB > 25 MiB"
     recipe = (BUNDLE / "REPRODUCE.md").read_text()
-    for command in ("sim.record", "--episodes 1200", "--expert-miss", "tiny_reach_bundled.yaml",
-                    "tiny_reach_bundled_ft.yaml", "sim.policy"):
+    for command in ("sim.record", "--episodes 1200", "--expert-miss", "tiny_reach_window1.yaml", "sim.policy"):
         assert command in recipe
 
 
@@ -71,21 +70,14 @@ def test_bundle_loads_with_build_engine_and_the_node_loader():
     assert np.abs(chunk.positions - emb.home).max() < 1.5  # a reach, not a wild swing
 
 
-def test_the_recipe_configs_chain_and_start_from_the_shipped_encoders():
-    """Stage 1 trains on the bundle's encoders; stage 2 fine-tunes stage 1 on samples as long as a whole episode."""
+def test_the_recipe_starts_from_the_shipped_encoders_and_trains_the_runtime_window():
+    """The recipe trains on the bundle's encoders, in the one-block window the shipped checkpoint runs with."""
     from model_core.checkpoint import load_model
     from model_core.training.config import load_config
-    from sim.tasks import ReachTask
 
-    stage1 = load_config(REPO / "config" / "train" / "tiny_reach_bundled.yaml")
-    stage2 = load_config(REPO / "config" / "train" / "tiny_reach_bundled_ft.yaml")
-    for spec in stage1.model.encoder_overrides["encoders"].values():
+    recipe = load_config(REPO / "config" / "train" / "tiny_reach_window1.yaml")
+    for spec in recipe.model.encoder_overrides["encoders"].values():
         assert Path(spec["path"]).parent == BUNDLE / "encoders" and Path(spec["path"]).is_file()
-    assert Path(stage2.model.init_from) == stage1.output_dir / "final"
-    assert stage2.dataset.root == stage1.dataset.root and stage2.dataset.val_episodes == stage1.dataset.val_episodes
+    assert Path(recipe.embodiment) == BUNDLE / "embodiment.yaml"
     model, _ = load_model(BUNDLE)
-    episode_blocks = ReachTask.max_steps // model.cfg.num_action_per_block  # the reach horizon in chunks
-    assert stage1.dataset.num_chunks < episode_blocks == stage2.dataset.num_chunks <= model.cfg.max_chunk_size
-    window1 = load_config(REPO / "config" / "train" / "tiny_reach_window1.yaml")  # the candidate: one block a chunk
-    assert window1.dataset.root == stage1.dataset.root and window1.dataset.val_episodes == stage1.dataset.val_episodes
-    assert window1.dataset.num_chunks == window1.model.max_chunk_size == 1
+    assert recipe.dataset.num_chunks == recipe.model.max_chunk_size == model.cfg.max_chunk_size == 1
