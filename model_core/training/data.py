@@ -69,8 +69,10 @@ class SampleGeometry:
         return self.num_chunks * self.action_horizon
 
     def starts(self, length: int, stride: int, pad_end: bool) -> list[int]:
-        """Sample starts in an episode of `length` steps; with pad_end, at least one whole chunk stays real."""
-        last = length - 1 - (self.action_horizon if pad_end else self.span)
+        """Sample starts in an episode of `length` steps. Without pad_end every frame of a sample is real (the last
+        one at start + span); with pad_end, the first chunk's actions are (start + action_horizon <= length), so
+        the episode's last whole chunk is a sample too, its closing frame the last real one repeated."""
+        last = length - self.action_horizon if pad_end else length - 1 - self.span
         return list(range(0, last + 1, stride)) if last >= 0 else []
 
     def frame_steps(self, start: int, length: int) -> np.ndarray:  # [T]
@@ -133,7 +135,7 @@ class DreamZeroData:
         self.train_samples = self._samples(self.train_ids)
         self.val_samples = self._samples(self.val_ids)
         if not self.train_samples:
-            need = geometry.action_horizon + 1 if cfg.pad_episode_end else geometry.span + 1
+            need = geometry.action_horizon if cfg.pad_episode_end else geometry.span + 1
             raise DatasetError(f"{cfg.root}: no training sample fits: every training episode is shorter than the "
                                f"{need} steps a sample of {geometry.num_chunks} chunk(s) needs (lengths "
                                f"{sorted(self.episodes[i].length for i in self.train_ids)}); lower num_chunks or "

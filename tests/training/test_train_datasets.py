@@ -106,7 +106,8 @@ def test_sample_geometry():
     g = GEOMETRY
     assert (g.frame_stride, g.num_frames, g.span) == (3, 17, 48)
     assert g.starts(60, 5, False) == [0, 5, 10] and g.starts(48, 1, False) == []
-    assert g.starts(48, 1, True) == list(range(24))  # one real chunk at least
+    assert g.starts(48, 1, True) == list(range(25))  # one real chunk at least: the last whole chunk too
+    assert g.starts(24, 24, True) == [0] and g.starts(23, 1, True) == []
     np.testing.assert_array_equal(g.frame_steps(0, 60), np.arange(0, 49, 3))
     np.testing.assert_array_equal(g.anchor_steps(4, 60), [4, 28])
     np.testing.assert_array_equal(g.action_steps(4, 60)[1], np.arange(28, 52))
@@ -158,7 +159,7 @@ def test_validation_split_and_padding(v21):
     assert data.train_ids == [0, 1] and data.val_ids == [2]
     assert {r.episode for r in data.val_samples} == {2} and {r.episode for r in data.train_samples} == {0, 1}
     padded = make_data(v21, pad_episode_end=True, sample_stride=1)
-    assert max(r.start for r in padded.train_samples if r.episode == 1) == LENGTHS[1] - 1 - 24
+    assert max(r.start for r in padded.train_samples if r.episode == 1) == LENGTHS[1] - 24  # its last whole chunk
 
 
 # --- bad input: one clear error each ---------------------------------------------------------------------------------
