@@ -68,6 +68,12 @@ class IKSolver:
             maxNumIterations=100, residualThreshold=1e-5)
         return np.clip(np.array(solution[:7]), robot.ARM_LOWER + IK_MARGIN, robot.ARM_UPPER - IK_MARGIN)
 
+    def tcp_position(self, q: np.ndarray) -> np.ndarray:
+        """Forward kinematics: the grasp point [3] (world metres) with the arm at joint positions `q` [7]."""
+        for index, value in zip(self.arm, q):
+            self.client.resetJointState(self.body, index, float(value))
+        return np.array(self.client.getLinkState(self.body, self.tcp, computeForwardKinematics=True)[4])
+
     def close(self) -> None:
         self.client.disconnect()
 
