@@ -70,7 +70,7 @@ class SampleGeometry:
 
     def starts(self, length: int, stride: int, pad_end: bool) -> list[int]:
         """Sample starts in an episode of `length` steps. Without pad_end every frame of a sample is real (the last
-        one at start + span); with pad_end, the first chunk's actions are (start + action_horizon <= length), so
+        one at start + span); with pad_end, the first chunk's actions are real (start + action_horizon <= length):
         the episode's last whole chunk is a sample too, its closing frame the last real one repeated."""
         last = length - self.action_horizon if pad_end else length - 1 - self.span
         return list(range(0, last + 1, stride)) if last >= 0 else []
