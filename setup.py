@@ -63,6 +63,7 @@ setup(
             "dreamzero-replay = dreamzero_policy.replay:main",
             "dreamzero-train = model_core.training.train:main",
             "dreamzero-fit-vae = model_core.training.fit_vae:main",
+            "dreamzero-average-checkpoints = model_core.training.average:main",
         ],
     },
 )

@@ -219,6 +219,29 @@ def load_model(path: str | Path, config: DiTConfig | None = None, device: str | 
     return model.to(device).eval(), ckpt
 
 
+def write_tensors(tensors: dict[str, torch.Tensor], path: str | Path, max_shard_bytes: int | None = None) -> None:
+    """Write stored-name tensors into directory `path`: model.safetensors, or shards + model.safetensors.index.json."""
+    path = Path(path)
+    if max_shard_bytes is None:
+        save_file(tensors, str(path / SINGLE_FILE), metadata={"format": "pt"})
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, value in tensors.items():
+        if shards[-1] and size + value.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value
+        size += value.nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+    total = sum(v.nbytes for v in tensors.values())
+    (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+
+
 def save_checkpoint(model: CausalWanModel, path: str | Path, metadata: dict[str, Any] | None = None,
                     max_shard_bytes: int | None = None, prefix: str = "action_head.model.",
                     extra_config: dict[str, Any] | None = None) -> Path:
@@ -227,25 +250,7 @@ def save_checkpoint(model: CausalWanModel, path: str | Path, metadata: dict[str,
     path.mkdir(parents=True, exist_ok=True)
     tensors = {prefix + k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     (path / "config.json").write_text(json.dumps({**(extra_config or {}), **model.cfg.to_dict()}, indent=1))
-    if max_shard_bytes is None:
-        save_file(tensors, str(path / SINGLE_FILE), metadata={"format": "pt"})
-    else:
-        shards: list[dict[str, torch.Tensor]] = [{}]
-        size = 0
-        for key, value in tensors.items():
-            if shards[-1] and size + value.nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][key] = value
-            size += value.nbytes
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(path / name), metadata={"format": "pt"})
-            weight_map.update({k: name for k in shard})
-        total = sum(v.nbytes for v in tensors.values())
-        (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                  indent=1))
+    write_tensors(tensors, path, max_shard_bytes)
     if metadata is not None:
         (path / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
         (path / METADATA_FILE).write_text(json.dumps(metadata, indent=1))

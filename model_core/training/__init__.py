@@ -13,6 +13,7 @@ core, writing checkpoints the runtime loads with no conversion:
                  DreamZero-Flash noise levels
     train.py     the trainer (`dreamzero-train --config FILE`): AdamW + warmup/cosine, clipping, bf16 autocast,
                  DDP / FSDP under torchrun, checkpoints, resume, TensorBoard, validation action MAE
+    average.py   the mean of a run's last checkpoints (`dreamzero-average-checkpoints`), a checkpoint like any other
     config.py    the YAML schema (pydantic; every field validated, errors name the field)
 
 Dependency note: unlike the rest of model_core, this subpackage imports `dreamzero_policy.transforms` and
