@@ -24,10 +24,9 @@ from tqdm import tqdm
 
 from model_core.checkpoint import INDEX_FILE, load_checkpoint, write_tensors
 from model_core.errors import CheckpointError
+from model_core.training.train import PLAIN_PREFIX, STATE_FILE
 
-PLAIN_PREFIX = "action_head.model."
-OPTIMIZER_STATE = "training_state.pt"
-NOT_COPIED = (OPTIMIZER_STATE, "adapter_config.json", INDEX_FILE)
+NOT_COPIED = (STATE_FILE, "adapter_config.json", INDEX_FILE)  # optimizer state, LoRA (merged here), the source's shard index
 
 
 def average_checkpoints(sources: list[str | Path], out: str | Path, max_shard_bytes: int | None = None,
