@@ -24,7 +24,10 @@ from model_core.config import DiTConfig
 from model_core.dit import CausalWanModel
 from model_core.errors import CheckpointError
 
-DIT_PREFIXES = ("action_head.model.base_model.model.", "action_head.model.")
+RELEASE_LORA_PREFIX = "action_head.model.base_model.model."  # the DiT's keys in a LoRA checkpoint (PEFT layout)
+PLAIN_PREFIX = "action_head.model."  # the DiT's keys in a full checkpoint
+DIT_PREFIXES = (RELEASE_LORA_PREFIX, PLAIN_PREFIX)
+STATE_FILE = "training_state.pt"  # the trainer's step and optimizer state beside the weights; never read here
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 METADATA_FILE = Path("experiment_cfg") / "metadata.json"
@@ -243,7 +246,7 @@ def write_tensors(tensors: dict[str, torch.Tensor], path: str | Path, max_shard_
 
 
 def save_checkpoint(model: CausalWanModel, path: str | Path, metadata: dict[str, Any] | None = None,
-                    max_shard_bytes: int | None = None, prefix: str = "action_head.model.",
+                    max_shard_bytes: int | None = None, prefix: str = PLAIN_PREFIX,
                     extra_config: dict[str, Any] | None = None) -> Path:
     """Write config.json, the weights (single file or shards + index) and experiment_cfg/metadata.json."""
     path = Path(path)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from model_core.backends import apply_backend, default_dtype
-from model_core.checkpoint import Checkpoint, load_model, save_checkpoint
+from model_core.checkpoint import PLAIN_PREFIX, Checkpoint, load_model, save_checkpoint
 from model_core.config import TINY_VIDEO_HW, DiTConfig, preset
 from model_core.dit import CausalWanModel
 from model_core.engine import EngineConfig, WorldActionEngine
@@ -94,7 +94,7 @@ def tiny_components(seed: int = 0, dit_config: DiTConfig | None = None):
 def save_bundle(directory: str | Path, dit: CausalWanModel, vae: WanVAE, text: PromptEncoder,
                 image: ImageEncoder | None, video_hw: tuple[int, int], metadata: dict | None = None,
                 engine: dict[str, Any] | None = None, tiny_encoders: bool = True,
-                prefix: str = "action_head.model.") -> Path:
+                prefix: str = PLAIN_PREFIX) -> Path:
     """Write a self-contained checkpoint: DiT (release layout), encoders (original layouts) and the section."""
     from safetensors.torch import save_file
 

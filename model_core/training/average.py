@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model_core.checkpoint import INDEX_FILE, load_checkpoint, write_tensors
+from model_core.checkpoint import INDEX_FILE, PLAIN_PREFIX, STATE_FILE, load_checkpoint, write_tensors
 from model_core.errors import CheckpointError
-from model_core.training.train import PLAIN_PREFIX, STATE_FILE
 
-NOT_COPIED = (STATE_FILE, "adapter_config.json", INDEX_FILE)  # optimizer state, LoRA (merged here), the source's shard index
+# not carried over: the optimizer state, the LoRA config (merged here), the source's shard index
+NOT_COPIED = (STATE_FILE, "adapter_config.json", INDEX_FILE)
 
 
 def average_checkpoints(sources: list[str | Path], out: str | Path, max_shard_bytes: int | None = None,

@@ -49,7 +49,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 
-from model_core.checkpoint import read_tensors, save_checkpoint
+from model_core.checkpoint import PLAIN_PREFIX, RELEASE_LORA_PREFIX, STATE_FILE, read_tensors, save_checkpoint
 from model_core.config import TINY_VIDEO_HW, DiTConfig, preset
 from model_core.dit import CausalWanModel, DiTBlock
 from model_core.engine import EngineConfig
@@ -66,9 +66,6 @@ from model_core.training.lora import adapter_config, apply_lora
 from model_core.training.objective import FlowMatchingObjective, TrainingForward, step_seed
 
 log = logging.getLogger("dreamzero.train")
-RELEASE_LORA_PREFIX = "action_head.model.base_model.model."
-PLAIN_PREFIX = "action_head.model."
-STATE_FILE = "training_state.pt"
 IMAGE_PARAMS = ("img_emb.", ".k_img.", ".v_img.", ".norm_k_img.")
 REGISTER_PARAMS = ("state_encoder.", "action_encoder.", "action_decoder.")
 

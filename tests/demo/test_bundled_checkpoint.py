@@ -23,8 +23,8 @@ def test_bundle_is_small_and_complete():
     total = sum(p.stat().st_size for p in files)
     assert total <= MAX_BYTES, f"bundle is {total / 2**20:.1f} MiB > 25 MiB"
     recipe = (BUNDLE / "REPRODUCE.md").read_text()
-    for command in ("sim.record", "--episodes 1200", "--expert-miss", "tiny_reach_window1.yaml", "model_core.training.average",
-                    "sim.policy"):
+    for command in ("sim.record", "--episodes 1200", "--expert-miss", "tiny_reach_window1.yaml",
+                    "model_core.training.average", "sim.policy"):
         assert command in recipe
 
 
